@@ -1,0 +1,1 @@
+"""Generators (DESIGN.md): MaskGIT, MAR + diffusion-loss head, ENAT, DiT + DDT head, diffusion LMs."""

@@ -1,0 +1,89 @@
+"""Position, timestep and label embeddings shared by the transformers in mgen."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def sincos_1d(embed_dim: int, pos: torch.Tensor) -> torch.Tensor:
+    """[sin(pos·ω), cos(pos·ω)] with ω_i = 10000^(-i/(D/2)) (MAE / DiT ``get_1d_sincos_pos_embed``)."""
+    if embed_dim % 2:
+        raise ValueError("embed_dim must be even")
+    omega = torch.arange(embed_dim // 2, dtype=torch.float64) / (embed_dim / 2.0)
+    omega = 1.0 / 10000**omega
+    out = pos.reshape(-1).to(torch.float64)[:, None] * omega[None]
+    return torch.cat([out.sin(), out.cos()], dim=1)
+
+
+def sincos_2d(embed_dim: int, grid_size: int | tuple[int, int], extra_tokens: int = 0) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding, (extra_tokens + H·W, D), float32.
+
+    Same layout as MAE/DiT's ``get_2d_sincos_pos_embed``: the first half of the channels encodes the
+    column (w) coordinate, the second half the row (h) coordinate; extra tokens get zeros.
+    """
+    gh, gw = (grid_size, grid_size) if isinstance(grid_size, int) else grid_size
+    rows = torch.arange(gh, dtype=torch.float64)[:, None].expand(gh, gw)
+    cols = torch.arange(gw, dtype=torch.float64)[None, :].expand(gh, gw)
+    emb = torch.cat([sincos_1d(embed_dim // 2, cols), sincos_1d(embed_dim // 2, rows)], dim=1)
+    if extra_tokens:
+        emb = torch.cat([torch.zeros(extra_tokens, embed_dim, dtype=emb.dtype), emb], dim=0)
+    return emb.float()
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """[cos(t·f), sin(t·f)] with f_i = max_period^(-i/half) (DiT / ADM ``timestep_embedding``)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t[:, None].float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class TimestepEmbedder(nn.Module):
+    """Scalar timesteps → vectors: sinusoidal features (256) → Linear → SiLU → Linear (DiT)."""
+
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, hidden_size, bias=True),
+            nn.SiLU(),
+            nn.Linear(hidden_size, hidden_size, bias=True),
+        )
+        self.frequency_embedding_size = frequency_embedding_size
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        freq = timestep_embedding(t, self.frequency_embedding_size)
+        return self.mlp(freq.to(self.mlp[0].weight.dtype))
+
+
+class LabelEmbedder(nn.Module):
+    """Class labels → vectors, with label dropout to the extra "null" class for classifier-free guidance.
+
+    The table has ``num_classes + 1`` rows when ``dropout_prob > 0`` (DiT: the null class is 1000).
+    Dropout draws from the ``generator`` passed to ``forward``; ``force_drop_ids`` (1 = drop) overrides it.
+    """
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float) -> None:
+        super().__init__()
+        self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), hidden_size)
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+
+    def token_drop(self, labels: torch.Tensor, force_drop_ids: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+        if force_drop_ids is None:
+            drop = torch.rand(labels.shape[0], device=labels.device, generator=generator) < self.dropout_prob
+        else:
+            drop = force_drop_ids == 1
+        return torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+
+    def forward(self, labels: torch.Tensor, train: bool = False, force_drop_ids: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        if (train and self.dropout_prob > 0) or force_drop_ids is not None:
+            labels = self.token_drop(labels, force_drop_ids, generator)
+        return self.embedding_table(labels)
