@@ -33,10 +33,14 @@ def sincos_2d(embed_dim: int, grid_size: int | tuple[int, int], extra_tokens: in
     return emb.float()
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """[cos(t·f), sin(t·f)] with f_i = max_period^(-i/half) (DiT / ADM ``timestep_embedding``)."""
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, freq_shift: float = 0.0) -> torch.Tensor:
+    """[cos(t·f), sin(t·f)] with f_i = max_period^(-i/(half - freq_shift)) (DiT / ADM ``timestep_embedding``).
+
+    ``freq_shift`` = 0 is the official DiT/ADM embedding; diffusers' ``DiTTransformer2DModel`` uses
+    ``Timesteps(downscale_freq_shift=1)``, i.e. ``freq_shift=1``.
+    """
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - freq_shift))
     args = t[:, None].float() * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
@@ -47,8 +51,9 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 class TimestepEmbedder(nn.Module):
     """Scalar timesteps → vectors: sinusoidal features (256) → Linear → SiLU → Linear (DiT)."""
 
-    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256) -> None:
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256, freq_shift: float = 0.0) -> None:
         super().__init__()
+        self.freq_shift = freq_shift
         self.mlp = nn.Sequential(
             nn.Linear(frequency_embedding_size, hidden_size, bias=True),
             nn.SiLU(),
@@ -57,7 +62,7 @@ class TimestepEmbedder(nn.Module):
         self.frequency_embedding_size = frequency_embedding_size
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        freq = timestep_embedding(t, self.frequency_embedding_size)
+        freq = timestep_embedding(t, self.frequency_embedding_size, freq_shift=self.freq_shift)
         return self.mlp(freq.to(self.mlp[0].weight.dtype))
 
 
