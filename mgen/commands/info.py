@@ -9,7 +9,29 @@ HELP = "list the named models, their weights and the environment"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.add_argument("name", nargs="?", help="show one model: its config and where its weights resolve (exit 2 if missing)")
+    p.add_argument("--weights", default=None, help="weights file or folder to use instead of the looked-up ones")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _one(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from mgen import hub, registry
+
+    entry = registry.get(args.name)
+    resolved = hub.resolve(entry.name, weights=args.weights)
+    data = dataclasses.asdict(entry)
+    data["resolved_weights"] = str(resolved.path)
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    for key in ("name", "family", "description", "num_params", "tokenizer", "source", "path", "resolved_weights"):
+        print(f"{key:17s} {data[key]}")
+    for key in ("arch", "sampler", "train"):
+        if data[key]:
+            print(f"{key:17s} " + ", ".join(f"{k}={v}" for k, v in data[key].items()))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from mgen import __version__, hub, registry
     from mgen.nn.attention import available_backends, resolve_backend
 
+    if args.name:
+        return _one(args)
     rows = []
     for e in registry.list_models():
         found = hub.find_weights(e)

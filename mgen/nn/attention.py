@@ -71,7 +71,7 @@ def _math(q, k, v, mask, dropout_p, scale, is_causal):
     scores = (q * scale) @ k.transpose(-2, -1)
     if is_causal:
         nq, nk = q.shape[-2], k.shape[-2]
-        causal = torch.ones(nq, nk, dtype=torch.bool, device=q.device).tril(nk - nq)
+        causal = torch.ones(nq, nk, dtype=torch.bool, device=q.device).tril()  # top-left aligned, as SDPA
         scores = scores.masked_fill(~causal, float("-inf"))
     bias = _as_bias(mask, scores.dtype)
     if bias is not None:
@@ -118,7 +118,8 @@ def attention(
     """softmax(q·kᵀ·scale + mask)·v for (B, H, N, D) tensors through the chosen backend.
 
     ``k``/``v`` may hold more positions than ``q`` (cross attention, or cached keys/values from an
-    earlier step as ReCAP and ENAT use). ``dropout_p`` is applied as given: pass 0 at inference.
+    earlier step as ReCAP and ENAT use). ``is_causal`` hides key j > query i (top-left aligned, as
+    SDPA and xformers' LowerTriangularMask). ``dropout_p`` is applied as given: pass 0 at inference.
     """
     name = resolve_backend(backend)
     if name == "sdpa":

@@ -1,0 +1,33 @@
+"""Shared test set-up: offline, single-threaded, deterministic."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Each test looks for official weights in an empty MGEN_HOME, never in the user's cache."""
+    monkeypatch.setenv("MGEN_HOME", str(tmp_path_factory.mktemp("mgen_home")))
+
+
+@pytest.fixture
+def run_mgen():
+    """Run the CLI in a subprocess: returns CompletedProcess with text stdout/stderr."""
+    import subprocess
+
+    def run(*args: str, cwd: str | os.PathLike | None = None, env: dict | None = None, timeout: float = 300):
+        full_env = {**os.environ, **(env or {})}
+        return subprocess.run([sys.executable, "-m", "mgen", *args], capture_output=True, text=True,
+                              cwd=cwd or REPO_ROOT, env=full_env, timeout=timeout)
+
+    return run
