@@ -84,3 +84,33 @@ def test_bad_settings(tmp_path):
         Trainer(TinyTask(), _data(8), TrainConfig(out_dir=str(tmp_path), max_steps=1, batch_size=16))
     cfg = TrainConfig.from_mapping({"betas": [0.9, 0.95], "epochs": 2}, out_dir=str(tmp_path), batch_size=8)
     assert cfg.betas == (0.9, 0.95) and Trainer(TinyTask(), _data(), cfg).max_steps == 16
+
+
+@pytest.mark.slow
+def test_two_processes_with_torchrun(tmp_path):
+    """The same loop under a 2-process launcher (gloo on CPU): each process takes its slice of the batch."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(REPO_ROOT / 'tests')!r})\n"
+        "from test_foundation_trainer import TinyTask, _data\n"
+        "from mgen.train import TrainConfig, Trainer\n"
+        "t = Trainer(TinyTask(), _data(), TrainConfig(out_dir=sys.argv[1], max_steps=4, batch_size=4, lr=1e-2,"
+        " ema_decay=0.9, progress=False, log_every=1))\n"
+        "t.train()\n"
+        "print('RANK', t.rank, 'WORLD', t.world, 'GLOBAL', t.global_batch, 'IDX', t.batch_indices(0).tolist())\n")
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                          str(script), str(tmp_path / "out")], capture_output=True, text=True, timeout=240,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = sorted(line for line in out.stdout.splitlines() if line.startswith("RANK"))
+    assert len(lines) == 2 and all("WORLD 2 GLOBAL 8" in line for line in lines)
+    idx0, idx1 = (set(eval(line.split("IDX", 1)[1])) for line in lines)
+    assert not idx0 & idx1, "processes must see disjoint items"
+    assert (tmp_path / "out" / "checkpoint" / "model.safetensors").exists()

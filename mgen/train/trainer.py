@@ -254,7 +254,8 @@ class Trainer:
                 count += 1
                 bar.update(1)
                 if self.step % c.log_every == 0 or self.step == end:
-                    record = {"step": self.step, "loss": running / count, "lr": lr}
+                    mean_loss = acc.reduce(torch.tensor(running / count, device=acc.device), reduction="mean")
+                    record = {"step": self.step, "loss": float(mean_loss), "lr": lr}
                     if grad_norm is not None:
                         record["grad_norm"] = float(grad_norm)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
