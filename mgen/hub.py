@@ -161,7 +161,8 @@ def _hf_cached(repo: str, filename: str) -> Path | None:
     except ImportError:  # pragma: no cover
         return None
     try:
-        hit = try_to_load_from_cache(repo_id=repo, filename=filename)
+        # HF_HUB_CACHE is read at call time (huggingface_hub reads it once, at import).
+        hit = try_to_load_from_cache(repo_id=repo, filename=filename, cache_dir=os.environ.get("HF_HUB_CACHE"))
     except Exception:
         return None
     return Path(hit) if isinstance(hit, str) else None

@@ -97,3 +97,16 @@ def test_missing_weights_cli_exit_2(run_mgen):
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "checkpoint-last.pth" in lines[0] and "Traceback" not in out.stderr
+
+
+def test_resolve_from_hf_cache(tmp_path, monkeypatch):
+    """A file in the standard HF cache layout (models--org--name/snapshots/REV/...) is found offline."""
+    repo_dir = tmp_path / "models--stabilityai--sd-vae-ft-ema"
+    snap = repo_dir / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text("abc123")
+    hub.save_safetensors({"w": torch.ones(1)}, snap / "diffusion_pytorch_model.safetensors")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    r = hub.resolve("sd-vae-ft-ema")
+    assert r.path == snap / "diffusion_pytorch_model.safetensors"
