@@ -1,0 +1,190 @@
+"""MaskGIT iterative parallel decoding (Chang et al., CVPR 2022, §3.2 "Iterative Decoding", Alg. 1).
+
+Start from all ``h·w`` tokens masked. At step t = 0 … T−1:
+
+1. *Predict*: evaluate the generator on the partially masked grid (twice with classifier-free guidance:
+   ``l = l_c + w_t·(l_c − l_u)``, ``w_t`` constant or growing linearly from 0 to ``cfg`` as in
+   valeoai/Maskgit-pytorch ``Trainer/vit.py`` — ``w·t/(T−1)``).
+2. *Sample*: draw a code for every masked position from softmax(l / temperature), optionally restricted
+   to the top-k codes / the top-p nucleus.
+3. *Mask schedule*: the number of tokens that stay masked is n_t = ⌊N·γ((t+1)/T)⌋
+   (:func:`mgen.samplers.mask_schedules.mask_counts`, cosine by default).
+4. *Mask*: confidence = log p(sampled code) + choice_temperature·(1 − (t+1)/T)·Gumbel (the official
+   JAX code's annealed "choice temperature", 4.5 in the paper); tokens fixed at earlier steps have
+   confidence +∞, so they are never re-masked; the n_t least confident new tokens are masked again.
+
+Every random number comes from one generator per sample (:func:`mgen.samplers.per_sample_generators`),
+so a sample depends on its seed and index only, not on the batch size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+
+from mgen.errors import UserError
+from mgen.samplers.base import per_sample_generators
+from mgen.samplers.mask_schedules import check_schedule, mask_counts
+
+CFG_SCHEDULES = ("linear", "constant")
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Top-k and nucleus (top-p, Holtzman et al. 2020) filtering over the last dim: excluded codes get −∞.
+    The most likely code always survives."""
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0.0 < top_p < 1.0:
+        sorted_logits, idx = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # mass strictly above each code
+        drop_sorted = before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, idx, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def gumbel_like(shape: tuple[int, ...], generators: list[torch.Generator], device: torch.device) -> torch.Tensor:
+    """Standard Gumbel noise of ``(B, *shape)``; row b is drawn from ``generators[b]`` only."""
+    rows = []
+    for g in generators:
+        u = torch.rand(shape, generator=g, device=g.device, dtype=torch.float32).to(device)
+        rows.append(-torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7))))
+    return torch.stack(rows)
+
+
+def sample_codes(logits: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One categorical draw per position (Gumbel-max over filtered logits (B, N, V))."""
+    g = gumbel_like(tuple(logits.shape[1:]), generators, logits.device)
+    return (logits.float() + g).argmax(dim=-1)
+
+
+def select_masked(confidence: torch.Tensor, num_masked: int) -> torch.Tensor:
+    """Boolean (B, N): the ``num_masked`` lowest-confidence positions of each row (stable ties)."""
+    b, n = confidence.shape
+    order = confidence.argsort(dim=-1, stable=True)
+    mask = torch.zeros(b, n, dtype=torch.bool, device=confidence.device)
+    if num_masked > 0:
+        mask.scatter_(1, order[:, :num_masked], True)
+    return mask
+
+
+def cfg_scale_at(cfg: float, schedule: str, step: int, num_steps: int) -> float:
+    """Guidance weight of step ``step`` (valeoai ``Trainer/vit.py``: w·t/(T−1) for "linear")."""
+    if schedule == "constant" or num_steps == 1:
+        return float(cfg)
+    return float(cfg) * step / (num_steps - 1)
+
+
+def validate_labels(labels: torch.Tensor | None, batch_size: int | None, num_classes: int) -> None:
+    if labels is None:
+        return
+    if labels.dim() != 1:
+        raise UserError(f"class labels must be a 1-D tensor, got shape {tuple(labels.shape)}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise UserError(f"class labels must lie in [0, {num_classes - 1}], got {labels.tolist()[:8]}")
+
+
+@dataclass
+class MaskGITSampler:
+    """MaskGIT decoding hyper-parameters; defaults are the paper's (8 steps, cosine, choice temp 4.5)."""
+
+    num_steps: int = 8
+    schedule: str = "cosine"
+    choice_temperature: float = 4.5
+    temperature: float = 1.0
+    cfg: float = 0.0
+    cfg_schedule: str = "linear"
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], **overrides: Any) -> "MaskGITSampler":
+        """From a config's ``sampler:`` section (unknown keys are an error) plus non-None overrides."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        merged = {**dict(data or {}), **{k: v for k, v in overrides.items() if v is not None}}
+        unknown = set(merged) - known
+        if unknown:
+            raise UserError(f"unknown MaskGIT sampler settings {sorted(unknown)}; allowed: {sorted(known)}")
+        return cls(**merged)
+
+    def validate(self) -> None:
+        if not isinstance(self.num_steps, int) or self.num_steps < 1:
+            raise UserError(f"steps must be a positive integer, got {self.num_steps!r}")
+        check_schedule(self.schedule)
+        if self.cfg_schedule not in CFG_SCHEDULES:
+            raise UserError(f"unknown cfg schedule {self.cfg_schedule!r}; choose one of {', '.join(CFG_SCHEDULES)}")
+        if not self.temperature > 0:
+            raise UserError(f"temperature must be > 0, got {self.temperature}")
+        if self.choice_temperature < 0:
+            raise UserError(f"choice temperature must be >= 0, got {self.choice_temperature}")
+        if self.cfg < 0:
+            raise UserError(f"cfg scale must be >= 0, got {self.cfg}")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+            raise UserError(f"top_k must be a positive integer, got {self.top_k!r}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    def guided_logits(self, model: Callable[..., torch.Tensor], codes: torch.Tensor, labels: torch.Tensor | None,
+                      step: int) -> torch.Tensor:
+        """One (or, with guidance, one doubled-batch) evaluation → guided logits (B, N, V)."""
+        b = codes.shape[0]
+        w = cfg_scale_at(self.cfg, self.cfg_schedule, step, self.num_steps) if labels is not None else 0.0
+        if labels is None:
+            return model(codes, None, None).float()
+        if self.cfg == 0:
+            return model(codes, labels, torch.zeros(b, dtype=torch.bool, device=codes.device)).float()
+        drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(codes.device)
+        both = model(torch.cat([codes, codes]), torch.cat([labels, labels]), drop).float()
+        cond, uncond = both[:b], both[b:]
+        return cond + w * (cond - uncond)
+
+    @torch.no_grad()
+    def sample(self, model: torch.nn.Module, class_labels: torch.Tensor | None = None, *,
+               batch_size: int | None = None, generator: torch.Generator | None = None,
+               return_history: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Decode a batch: ``class_labels`` (B,) (None = unconditional, then ``batch_size`` is needed).
+
+        Returns codes (B, h, w); with ``return_history`` also the list of per-step code grids
+        (masked positions hold the mask id)."""
+        self.validate()
+        device = next(model.parameters()).device
+        if class_labels is None:
+            if batch_size is None:
+                raise UserError("pass class labels or a batch size")
+            b = int(batch_size)
+        else:
+            class_labels = torch.as_tensor(class_labels, dtype=torch.long, device=device)
+            validate_labels(class_labels, None, model.num_classes)
+            b = class_labels.shape[0]
+        h, w = model.grid_size
+        n = h * w
+        counts = mask_counts(self.schedule, self.num_steps, n)
+        gens = per_sample_generators(generator, b, device)
+        mask_id = model.mask_token_id
+        codes = torch.full((b, n), mask_id, dtype=torch.long, device=device)
+        history = []
+        for t in range(self.num_steps):
+            masked = codes == mask_id
+            logits = self.guided_logits(model, codes, class_labels, t)
+            logp = logits.log_softmax(dim=-1)
+            drawn = sample_codes(filter_logits(logits / self.temperature, self.top_k, self.top_p), gens)
+            drawn = torch.where(masked, drawn, codes)
+            conf = logp.gather(-1, drawn[..., None]).squeeze(-1)
+            anneal = self.choice_temperature * (1.0 - (t + 1) / self.num_steps)
+            if anneal > 0:
+                conf = conf + anneal * gumbel_like((n,), gens, device)
+            conf = torch.where(masked, conf, torch.full_like(conf, float("inf")))
+            remask = select_masked(conf, counts[t])
+            codes = torch.where(remask, torch.full_like(drawn, mask_id), drawn)
+            if return_history:
+                history.append(codes.view(b, h, w).clone())
+        out = codes.view(b, h, w)
+        return (out, history) if return_history else out
