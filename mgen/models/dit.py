@@ -166,6 +166,14 @@ class DiT(nn.Module):
                   self.final_layer.linear.weight, self.final_layer.linear.bias):
             nn.init.zeros_(p)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x_embedder.proj.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.x_embedder.proj.weight.device
+
     # -- forward ---------------------------------------------------------------------------------
     def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> None:
         c = self.config
@@ -272,7 +280,7 @@ class DiT(nn.Module):
             cfg = infer_config(state)
         model = cls(cfg)
         missing, unexpected = _load(model, state, file)
-        return model.to(map_location)
+        return model.to(map_location).eval()  # like diffusers: loaded models start in eval mode
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` (our arch numbers) and ``model.safetensors`` (official key names)."""

@@ -1,0 +1,115 @@
+"""DDPM/DDIM sampling of DiT through diffusers schedulers (learned-range variance) and the DiT pipeline."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mgen import registry
+from mgen.errors import UserError
+from mgen.models.dit import DiT
+from mgen.pipelines.dit import DiTPipeline
+from mgen.samplers.ddpm import DDPMSampler
+
+TINY = dict(input_size=4, patch_size=1, in_channels=4, hidden_size=32, depth=2, num_heads=2, num_classes=10)
+
+
+def tiny_model(seed: int = 0, **kw) -> DiT:
+    m = DiT(**{**TINY, **kw})
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return m.eval()
+
+
+def test_ddpm_step_is_learned_range_posterior():
+    """One respaced DDPM step equals Ho et al. Eq. 7 mean with Nichol & Dhariwal Eq. 15 variance."""
+    sampler = DDPMSampler(num_inference_steps=10)
+    sched = sampler.make_scheduler()
+    ts = [int(t) for t in sched.timesteps]
+    assert ts == sorted({round(i * 999 / 9) for i in range(10)}, reverse=True)  # official space_timesteps
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    abar = torch.cumprod(1 - betas, 0)
+    t, t_prev = ts[1], ts[2]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 4, 4, generator=g)
+    eps = torch.randn(2, 4, 4, 4, generator=g)
+    v = torch.rand(2, 4, 4, 4, generator=g) * 2 - 1
+    out = sched.step(torch.cat([eps, v], 1), ts[1], x, generator=torch.Generator().manual_seed(5)).prev_sample
+    noise = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(5)).double()
+    a_t, a_p = abar[t], abar[t_prev]
+    beta = 1 - a_t / a_p
+    x0 = (x.double() - (1 - a_t).sqrt() * eps.double()) / a_t.sqrt()
+    mean = a_p.sqrt() * beta / (1 - a_t) * x0 + (1 - beta).sqrt() * (1 - a_p) / (1 - a_t) * x.double()
+    post = beta * (1 - a_p) / (1 - a_t)
+    frac = (v.double() + 1) / 2
+    logvar = frac * beta.log() + (1 - frac) * post.log()
+    want = mean + (0.5 * logvar).exp() * noise
+    assert (out.double() - want).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("method", ["ddpm", "ddim"])
+def test_sampling_deterministic_across_batch_sizes(method):
+    model = tiny_model()
+    s = DDPMSampler(num_inference_steps=8, guidance_scale=3.0, method=method)
+    a = s.sample(model, [1, 2, 3], generator=torch.Generator().manual_seed(7))
+    b = s.sample(model, [1, 2, 3], generator=torch.Generator().manual_seed(7))
+    c = s.sample(model, [1, 2], generator=torch.Generator().manual_seed(7))
+    d = s.sample(model, [1, 2, 3], generator=torch.Generator().manual_seed(8))
+    assert a.shape == (3, 4, 4, 4) and torch.isfinite(a).all()
+    assert torch.equal(a, b)
+    assert torch.allclose(a[:2], c, atol=1e-4)
+    assert not torch.allclose(a, d)
+
+
+def test_guidance_scale_one_is_conditional_model():
+    model = tiny_model()
+    x = torch.randn(2, 4, 4, 4)
+    y = torch.tensor([4, 5])
+    t = torch.tensor([500, 500])
+    s1, s3 = DDPMSampler(guidance_scale=1.0), DDPMSampler(guidance_scale=3.0)
+    with torch.no_grad():
+        out1 = s1.model_output(model, x, t, y, 10)
+        out3 = s3.model_output(model, x, t, y, 10)
+        cond, unc = model(x, t, y), model(x, t, torch.tensor([10, 10]))
+    assert torch.equal(out1, cond)
+    assert torch.allclose(out3[:, :3], unc[:, :3] + 3 * (cond[:, :3] - unc[:, :3]), atol=1e-5)
+    assert torch.allclose(out3[:, 3:], cond[:, 3:], atol=1e-6)
+
+
+def test_bad_sampler_input():
+    model = tiny_model()
+    with pytest.raises(UserError, match="unknown class 10"):
+        DDPMSampler(num_inference_steps=2).sample(model, [1, 10])
+    with pytest.raises(UserError, match="unknown class -1"):
+        DDPMSampler(num_inference_steps=2).sample(model, [-1])
+    with pytest.raises(UserError, match=">= 1"):
+        DDPMSampler(num_inference_steps=0).sample(model, [1])
+    with pytest.raises(UserError, match="ddpm or ddim"):
+        DDPMSampler(method="euler").sample(model, [1])
+
+
+def test_pipeline_outputs():
+    from mgen.tokenizers.kl import KLTokenizer
+
+    vae = KLTokenizer.from_config(registry.get("kl-digits").arch).eval()
+    pipe = DiTPipeline(tiny_model(), vae, DDPMSampler(num_inference_steps=4))
+    g = torch.Generator().manual_seed(0)
+    pt = pipe(class_labels=[1, 2], guidance_scale=2.0, generator=g, num_inference_steps=4, output_type="pt").images
+    assert pt.shape == (2, 3, 16, 16) and pt.min() >= 0 and pt.max() <= 1
+    pil = pipe([1, 2], guidance_scale=2.0, generator=torch.Generator().manual_seed(0), num_inference_steps=4).images
+    assert len(pil) == 2 and pil[0].size == (16, 16)
+    arr = pipe([1, 2], guidance_scale=2.0, generator=torch.Generator().manual_seed(0), num_inference_steps=4,
+               output_type="np").images
+    assert arr.shape == (2, 16, 16, 3)
+    assert abs(float(arr[0].mean()) - float(pt[0].mean())) < 1e-5
+    lat = pipe([3], generator=torch.Generator().manual_seed(0), output_type="latent", return_dict=False)[0]
+    assert lat.shape == (1, 4, 4, 4)
+    with pytest.raises(UserError, match="output_type"):
+        pipe([1], output_type="jpeg")
+    with pytest.raises(UserError, match=">= 1"):
+        pipe([1], num_inference_steps=0)
+    assert math.isclose(vae.scaling_factor, float(vae.scaling_factor))
