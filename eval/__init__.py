@@ -1,3 +1,28 @@
-"""mgen.eval: FID / IS / KID / precision-recall on torch-fidelity's Inception, and digits metrics."""
+"""mgen.eval: FID / IS / KID / precision-recall on torch-fidelity's Inception, and digits metrics.
 
-__all__: list[str] = []
+``from mgen.eval import evaluate``: see :func:`mgen.eval.evaluate.evaluate`. One metric per module:
+:mod:`~mgen.eval.fid`, :mod:`~mgen.eval.isc`, :mod:`~mgen.eval.kid`, :mod:`~mgen.eval.prdc`; features
+in :mod:`~mgen.eval.inception`; inputs in :mod:`~mgen.eval.inputs`; sampling straight from a model with
+resumable feature shards in :mod:`~mgen.eval.streaming`; the offline digits classifier metrics in
+:mod:`~mgen.eval.digits`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["evaluate", "save_reference_stats", "digits_metrics", "stream_features"]
+
+
+def __getattr__(name: str) -> Any:
+    # lazy: importing mgen.eval must not import torch-fidelity / sklearn before they are needed
+    import importlib
+
+    where = {"evaluate": "evaluate", "save_reference_stats": "evaluate", "digits_metrics": "digits",
+             "stream_features": "streaming"}
+    if name not in where:
+        raise AttributeError(name)
+    mod = importlib.import_module(f"mgen.eval.{where[name]}")
+    value = getattr(mod, name)
+    globals()[name] = value  # replaces the submodule binding `mgen.eval.evaluate` with the function
+    return value

@@ -137,12 +137,22 @@ class DigitsReference:
     num_images: int
 
 
-def reference_statistics(model: DigitsClassifier | None = None) -> DigitsReference:
-    """Mean and covariance of the classifier's features on the held-out split (the digits-FID reference)."""
+def heldout_images(size: tuple[int, int] = (8, 8)) -> tuple[torch.Tensor, torch.Tensor]:
+    """The held-out split rendered at ``size`` as the shipped digits models see their data
+    (bilinear up-sampling, ``align_corners=False``, as in ``mgen.tokenizers.digits``): ``(N×1×H×W, labels)``."""
+    _, _, x_test, y_test = digits_split()
+    if tuple(size) != (8, 8):
+        x_test = F.interpolate(x_test, size=tuple(size), mode="bilinear", align_corners=False).clamp(-1, 1)
+    return x_test, y_test
+
+
+def reference_statistics(model: DigitsClassifier | None = None, size: tuple[int, int] = (8, 8)) -> DigitsReference:
+    """Mean and covariance of the classifier's features on the held-out split (the digits-FID reference),
+    rendered at the samples' ``size`` so that both sides go through the same up/down-sampling."""
     from mgen.eval.fid import statistics
 
     model = model or load_classifier()
-    _, _, x_test, _ = digits_split()
+    x_test, _ = heldout_images(size)
     feats, _ = classifier_outputs(model, x_test)
     mu, sigma = statistics(feats)
     return DigitsReference(mu, sigma, len(x_test))
@@ -160,7 +170,7 @@ def digits_metrics(images: torch.Tensor, labels: torch.Tensor | None = None,
         raise UserError("digits-FID needs at least 2 samples")
     model = model or load_classifier()
     feats, logits = classifier_outputs(model, images)
-    ref = reference_statistics(model)
+    ref = reference_statistics(model, size=tuple(images.shape[-2:]))
     mu, sigma = statistics(feats)
     out = {"digits_fid": frechet_distance(mu, sigma, ref.mu, ref.sigma)}
     if labels is not None:
