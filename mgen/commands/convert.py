@@ -29,10 +29,24 @@ def _maskgit_vqgan(src: Path, out: Path, **opts: Any) -> None:
     convert_maskgit_vqgan(src, out, **opts)
 
 
+def _maskgit(src: Path, out: Path, **opts: Any) -> None:
+    from mgen.models.maskgit import convert_checkpoint
+
+    convert_checkpoint(src, out, **opts)
+
+
+def _enat(src: Path, out: Path, **opts: Any) -> None:
+    from mgen.models.enat import convert_checkpoint
+
+    convert_checkpoint(src, out, **opts)
+
+
 #: kind -> (one-line description, converter(src, out, **opts)). Other areas add their own entries.
 CONVERTERS: dict[str, tuple[str, Callable[..., None]]] = {
     "kl16": ("MAR's official LDM KL-16 VAE kl16.ckpt -> KLTokenizer safetensors folder", _kl16),
     "maskgit-vqgan": ("valeoai/Maskgit-pytorch VQGAN last.ckpt -> VQTokenizer safetensors folder", _maskgit_vqgan),
+    "maskgit": ("valeoai/Maskgit-pytorch MaskGIT_ImageNet_256.pth -> MaskGIT safetensors folder", _maskgit),
+    "enat": ("LeapLabTHU/ENAT nnet_ema.pth -> ENAT safetensors folder (--opt config=enat-l)", _enat),
 }
 
 
