@@ -82,7 +82,7 @@ def infer_ldm_arch(sd: dict[str, torch.Tensor], what: str = "checkpoint") -> LDM
     if levels != list(range(len(levels))) or not levels or n_blocks == 0:
         raise WeightsError(f"{what}: LDM encoder levels {levels} are not contiguous from 0")
     if "quant_conv.weight" in sd:
-        embed_dim = int(sd["post_quant_conv.weight"].shape[0])
+        embed_dim = int(sd["post_quant_conv.weight"].shape[1])  # post_quant_conv: embed_dim -> z_channels
     else:
         embed_dim = z_channels
     enc_attn = tuple(i for i in levels if f"encoder.down.{i}.attn.0.q.weight" in sd)
@@ -173,8 +173,6 @@ def ldm_to_diffusers(sd: dict[str, torch.Tensor], num_levels: int, ignore_prefix
 
 def diffusers_to_ldm(sd: dict[str, torch.Tensor], num_levels: int) -> dict[str, torch.Tensor]:
     """The inverse of :func:`ldm_to_diffusers` (used to write checkpoints in the official layout)."""
-    names = {}
-    # Build the inverse by enumerating candidate LDM names for each diffusers name.
     inv_res = {v: k for k, v in _RESNET.items()}
     inv_attn = {v: k for k, v in _ATTN.items()}
     out: dict[str, torch.Tensor] = {}
@@ -212,5 +210,4 @@ def diffusers_to_ldm(sd: dict[str, torch.Tensor], num_levels: int) -> dict[str, 
         if (".attn." in new or ".attn_1." in new) and new.endswith(".weight") and value.ndim == 2:
             value = value[:, :, None, None]
         out[new] = value
-        names[key] = new
     return out
