@@ -1,0 +1,330 @@
+"""A bidirectional transformer masked diffusion language model (MDLM / LLaDA objective).
+
+Training objective (Sahoo et al. 2024, "Simple and Effective Masked Diffusion Language Models"; Nie et al.
+2025, "Large Language Diffusion Models", Eq. 3): draw t ~ U(0, 1), mask every token independently with
+probability p = (1-ε)·t + ε, and minimise
+    L = E_t [ 1/p · Σ_i 1[x_t^i = M] · −log p_θ(x_0^i | x_t) ] / L_seq,
+an upper bound on the per-token negative log-likelihood. The network is a Llama-style encoder without a
+causal mask: RoPE, RMSNorm, SwiGLU (as LLaDA's), attention through :func:`mgen.nn.attention`.
+
+Every generator of text in mgen (this model and the adapters in :mod:`mgen.models.dlm_adapters`) returns
+*position-aligned* logits from ``forward(input_ids, attention_mask)``: row i predicts token i.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mgen.errors import UserError, WeightsError
+from mgen.nn import Attention
+
+
+@dataclass(frozen=True)
+class DLMConfig:
+    vocab_size: int = 4096
+    dim: int = 256
+    depth: int = 6
+    num_heads: int = 4
+    mlp_hidden: int = 688
+    max_len: int = 1024
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    mask_id: int = 2
+    eos_id: int = 1
+    pad_id: int = 0
+    tie_embeddings: bool = True
+    seq_len: int = 128  # training window
+    eps: float = 1e-3  # minimum masking probability (LLaDA's eps)
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> "DLMConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise UserError(f"unknown dlm arch keys {sorted(unknown)}; allowed: {sorted(known)}")
+        cfg = cls(**data)
+        if cfg.dim % cfg.num_heads or (cfg.dim // cfg.num_heads) % 2:
+            raise UserError(f"dim {cfg.dim} must split into {cfg.num_heads} heads of even size")
+        for name in ("mask_id", "eos_id", "pad_id"):
+            if not 0 <= getattr(cfg, name) < cfg.vocab_size:
+                raise UserError(f"{name} {getattr(cfg, name)} outside the vocabulary of {cfg.vocab_size}")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def rope_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of the rotary embedding (Su et al. 2021, RoFormer, Eq. 34; rotate-half layout) for (B, N) positions."""
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    freqs = positions.to(torch.float32)[..., None] * inv  # (B, N, D/2)
+    emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, N, D)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class SwiGLU(nn.Module):
+    """fc2(silu(gate) · up) with [gate, up] = fc1(x) (Shazeer 2020, "GLU Variants Improve Transformer", FFN_SwiGLU)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, 2 * hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.fc1(x).chunk(2, dim=-1)
+        return self.fc2(F.silu(gate) * up)
+
+
+class DLMBlock(nn.Module):
+    """Pre-norm bidirectional decoder layer: x + attn(rms(x)); x + swiglu(rms(x))."""
+
+    def __init__(self, cfg: DLMConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.attn = Attention(cfg.dim, cfg.num_heads, qkv_bias=False, proj_bias=False)
+        self.norm2 = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.dim, cfg.mlp_hidden)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rope) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), mask=mask, rope=rope)
+        return x + self.mlp(self.norm2(x))
+
+
+def key_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, N) 1 = real token → (B, 1, 1, N) boolean key mask for :func:`mgen.nn.attention`."""
+    if attention_mask is None:
+        return None
+    return attention_mask.bool()[:, None, None, :]
+
+
+def positions_from_mask(attention_mask: torch.Tensor | None, b: int, n: int, device) -> torch.Tensor:
+    """Position ids that start at 0 on the first real token (left padding does not shift RoPE)."""
+    if attention_mask is None:
+        return torch.arange(n, device=device).expand(b, n)
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class MaskedDiffusionLM(nn.Module):
+    """The network: token embedding → blocks → RMSNorm → LM head (tied to the embedding by default)."""
+
+    shift_logits = False  # position-aligned
+
+    def __init__(self, cfg: DLMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.blocks = nn.ModuleList([DLMBlock(cfg) for _ in range(cfg.depth)])
+        self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        # a tied head reuses tok_emb.weight (no separate parameter, so checkpoints hold no shared tensors)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+
+    # -- the interface samplers and the joint sampler layer use -------------------------------
+    @property
+    def mask_id(self) -> int:
+        return self.cfg.mask_id
+
+    @property
+    def eos_id(self) -> int:
+        return self.cfg.eos_id
+
+    @property
+    def pad_id(self) -> int:
+        return self.cfg.pad_id
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.tok_emb(input_ids)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head: hidden states (after the final norm) → logits."""
+        return F.linear(hidden, self.tok_emb.weight) if self.lm_head is None else self.lm_head(hidden)
+
+    def rope_for(self, attention_mask: torch.Tensor | None, b: int, n: int, device, dtype):
+        pos = positions_from_mask(attention_mask, b, n, device)
+        cos, sin = rope_tables(pos, self.cfg.dim // self.cfg.num_heads, self.cfg.rope_theta, dtype)
+        return lambda t: apply_rope(t, cos, sin)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states after the last RMSNorm, (B, N, dim)."""
+        b, n = input_ids.shape
+        x = self.tok_emb(input_ids)
+        rope = self.rope_for(attention_mask, b, n, x.device, x.dtype)
+        mask = key_mask(attention_mask)
+        for blk in self.blocks:
+            x = blk(x, mask, rope)
+        return self.norm(x)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Position-aligned logits (B, N, vocab)."""
+        return self.head(self.hidden_states(input_ids, attention_mask))
+
+    def forward_with_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.hidden_states(input_ids, attention_mask)
+        return self.head(h), h
+
+    def fingerprint(self) -> str:
+        """A short hash of the weights, stored by joint sampler layers to check their base model."""
+        return weights_fingerprint(self.state_dict())
+
+
+def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().to("cpu", torch.float32).contiguous()
+        h.update(k.encode())
+        h.update(str(tuple(t.shape)).encode())
+        # a strided subsample keeps this fast for big models and still tells different weights apart
+        flat = t.flatten()
+        step = max(1, flat.numel() // 4096)
+        h.update(flat[::step].numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def masked_diffusion_loss(model: nn.Module, ids: torch.Tensor, mask_id: int, generator: torch.Generator,
+                          eps: float = 1e-3, t: torch.Tensor | None = None) -> torch.Tensor:
+    """LLaDA Eq. 3 / MDLM ELBO: Σ masked CE / p_mask, divided by B·N (a per-token NLL upper bound)."""
+    b, n = ids.shape
+    if t is None:
+        t = torch.rand(b, generator=generator, device=generator.device).to(ids.device)
+    p = ((1 - eps) * t + eps)[:, None].expand(b, n)
+    u = torch.rand(b, n, generator=generator, device=generator.device).to(ids.device)
+    masked = u < p
+    noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)
+    logits = model(noisy)
+    ce = F.cross_entropy(logits[masked].float(), ids[masked], reduction="none")
+    return (ce / p[masked]).sum() / (b * n)
+
+
+@torch.no_grad()
+def nll_bound(model: nn.Module, data: torch.Tensor, mask_id: int, generator: torch.Generator,
+              samples_per_window: int = 8, batch_size: int = 32, eps: float = 1e-3) -> float:
+    """Monte-Carlo ELBO per token (nats) on held-out windows: t on a stratified grid per window.
+
+    exp(result) is an upper bound (in expectation) on the model's perplexity (LLaDA §2.1, Eq. 3).
+    """
+    model.eval()
+    total, count = 0.0, 0
+    for k in range(samples_per_window):
+        for s in range(0, data.shape[0], batch_size):
+            ids = data[s:s + batch_size]
+            u = torch.rand(ids.shape[0], generator=generator)
+            t = ((k + u) / samples_per_window).clamp(max=1.0)
+            total += float(masked_diffusion_loss(model, ids, mask_id, generator, eps=eps, t=t)) * ids.shape[0]
+            count += ids.shape[0]
+    return total / count
+
+
+# -- weights ----------------------------------------------------------------------------------------------
+def save_dlm(model: MaskedDiffusionLM, path: str, dtype: torch.dtype = torch.float16, extra: dict | None = None) -> None:
+    """Safetensors with the arch in its metadata (so a bare file is self-describing)."""
+    from mgen.hub import save_safetensors
+
+    state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    meta = {"mgen_family": "dlm", "mgen_arch": json.dumps(model.cfg.to_dict())}
+    meta.update(extra or {})
+    save_safetensors(state, path, metadata=meta)
+
+
+def read_metadata(path: str) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:
+        raise WeightsError(f"cannot read {path} as safetensors: {str(e).splitlines()[0]}") from None
+
+
+def load_dlm_state(model: MaskedDiffusionLM, state: dict[str, torch.Tensor], path: str = "") -> MaskedDiffusionLM:
+    state = {k: v.float() for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightsError(f"{path}: weights do not match the dlm architecture "
+                           f"(missing {sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]})")
+    return model
+
+
+def load_dlm_file(path: str, arch: dict[str, Any] | None = None) -> MaskedDiffusionLM:
+    """Our own safetensors file; the arch comes from the file's metadata unless given."""
+    from mgen.hub import load_checkpoint
+
+    if arch is None:
+        meta = read_metadata(path)
+        if "mgen_arch" not in meta:
+            raise WeightsError(f"{path} has no mgen dlm metadata; pass a config with its arch")
+        arch = json.loads(meta["mgen_arch"])
+    model = MaskedDiffusionLM(DLMConfig.from_mapping(arch))
+    return load_dlm_state(model, load_checkpoint(path), path).eval()
+
+
+# -- training task ------------------------------------------------------------------------------------------
+class DLMTask:
+    """Trainer task for the masked diffusion objective (``mgen.train``)."""
+
+    def __init__(self, model: MaskedDiffusionLM) -> None:
+        self.model = model
+
+    def loss(self, model: nn.Module, batch: Sequence[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        cfg = self.model.cfg
+        return masked_diffusion_loss(model, batch[0], cfg.mask_id, generator, eps=cfg.eps)
+
+
+def build_text_data(entry, seq_len: int) -> tuple[torch.Tensor, torch.Tensor, "object"]:
+    """Train / held-out windows of the offline corpus, tokenised with the entry's tokenizer file."""
+    from mgen.hub import package_weights_dir
+    from mgen.models.dlm_data import TextTokenizer, pack, split_documents, stdlib_documents
+
+    if not entry.tokenizer:
+        raise UserError(f"{entry.name}: a dlm config needs 'tokenizer' (a tokenizers JSON file)")
+    from pathlib import Path
+
+    tok_path = Path(entry.tokenizer)
+    if not tok_path.is_absolute() and not tok_path.exists():
+        tok_path = package_weights_dir() / entry.tokenizer
+    tok = TextTokenizer.from_file(tok_path)
+    train_txt, held_txt = split_documents(stdlib_documents())
+    return pack(train_txt, tok, seq_len), pack(held_txt, tok, seq_len), tok
+
+
+def _register() -> None:
+    from mgen.train import tasks
+    from mgen.train.trainer import TrainConfig, Trainer
+
+    @tasks.register("dlm")
+    def build(entry, out_dir=None, max_steps=None, batch_size=None, seed=None) -> Trainer:
+        cfg = DLMConfig.from_mapping(entry.arch)
+        train, _, tok = build_text_data(entry, cfg.seq_len)
+        if tok.vocab_size != cfg.vocab_size or tok.mask_id != cfg.mask_id:
+            raise UserError(f"{entry.name}: tokenizer has {tok.vocab_size} entries / mask id {tok.mask_id}, "
+                            f"arch says {cfg.vocab_size} / {cfg.mask_id}")
+        g = torch.Generator().manual_seed(0 if seed is None else seed)
+        torch.manual_seed(0 if seed is None else seed)
+        model = MaskedDiffusionLM(cfg)
+        del g
+        tc = TrainConfig.from_mapping(entry.train, out_dir=out_dir or f"runs/{entry.name}", max_steps=max_steps,
+                                      batch_size=batch_size, seed=seed)
+        return Trainer(DLMTask(model), [train], tc)
+
+
+_register()
