@@ -92,3 +92,24 @@ class LabelEmbedder(nn.Module):
         if (train and self.dropout_prob > 0) or force_drop_ids is not None:
             labels = self.token_drop(labels, force_drop_ids, generator)
         return self.embedding_table(labels)
+
+
+class FourierTimestepEmbedder(nn.Module):
+    """Continuous t ∈ [0, 1] → vectors via random Fourier features [sin(2πWt), cos(2πWt)] → MLP
+    (Tancik et al. 2020; the ``GaussianFourierEmbedding`` of RAE's DiT^DH). W ~ N(0, scale²) is fixed
+    at construction (drawn from ``generator``) and stored with the weights (key ``W``)."""
+
+    def __init__(self, hidden_size: int, embedding_size: int = 256, scale: float = 1.0,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(embedding_size, generator=generator) * scale, requires_grad=False)
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * embedding_size, hidden_size, bias=True),
+            nn.SiLU(),
+            nn.Linear(hidden_size, hidden_size, bias=True),
+        )
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        arg = t[:, None].float() * self.W[None].float() * (2 * math.pi)
+        emb = torch.cat([torch.sin(arg), torch.cos(arg)], dim=-1)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
