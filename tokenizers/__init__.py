@@ -29,4 +29,51 @@ if __name__ == "tokenizers":  # imported as the top-level name: step aside for H
 else:
     from mgen.tokenizers.base import Tokenizer
 
-    __all__ = ["Tokenizer"]
+    # The tokenizer classes import diffusers / transformers: load them on first use (PEP 562).
+    _LAZY = {
+        "KLTokenizer": "mgen.tokenizers.kl",
+        "VQTokenizer": "mgen.tokenizers.vq",
+        "VectorQuantizer": "mgen.tokenizers.vq",
+        "RAETokenizer": "mgen.tokenizers.rae",
+        "digits_images": "mgen.tokenizers.digits",
+    }
+    __all__ = ["Tokenizer", "load_tokenizer", *_LAZY]
+
+    def __getattr__(name: str):
+        if name in _LAZY:
+            import importlib
+
+            return getattr(importlib.import_module(_LAZY[name]), name)
+        raise AttributeError(f"module 'mgen.tokenizers' has no attribute {name!r}")
+
+    def load_tokenizer(path_or_name):
+        """Any mgen tokenizer from a registered name (its config's family) or a local file/folder."""
+        import json
+        from pathlib import Path
+
+        from mgen.errors import UserError
+
+        p = Path(str(path_or_name)).expanduser()
+        if not p.exists():
+            from mgen import registry
+
+            family = registry.get(str(path_or_name)).family
+        else:
+            family = None
+            cfg = p / "config.json" if p.is_dir() else p.parent / "config.json"
+            if p.is_dir() and (p / "config.json").is_file():
+                cls_name = json.loads(cfg.read_text()).get("_class_name", "")
+                family = {"AutoencoderKL": "kl", "VQModel": "vq", "RAETokenizer": "rae"}.get(cls_name)
+            elif p.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                with safe_open(str(p), "pt") as f:
+                    meta = (f.metadata() or {}).get("config", "{}")
+                cls_name = json.loads(meta).get("_class_name", "")
+                family = {"AutoencoderKL": "kl", "VQModel": "vq", "RAETokenizer": "rae"}.get(cls_name)
+            if family is None:
+                raise UserError(f"{p}: cannot tell which tokenizer this is; use KLTokenizer/VQTokenizer/RAETokenizer.from_pretrained")
+        cls = {"kl": "KLTokenizer", "vq": "VQTokenizer", "rae": "RAETokenizer"}.get(family)
+        if cls is None:
+            raise UserError(f"{path_or_name} is a {family!r} model, not a tokenizer")
+        return __getattr__(cls).from_pretrained(path_or_name)
