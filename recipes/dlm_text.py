@@ -37,12 +37,11 @@ def main() -> int:
 
     entry = registry.load_config_file(ROOT / "configs" / "dlm-text.yaml")
     cfg = DLMConfig.from_mapping(entry.arch)
-    tok_path = ROOT / "mgen" / "weights" / entry.tokenizer
+    tok_path = ROOT / "mgen" / "weights" / cfg.tokenizer_file
     if not tok_path.exists():
         train_txt, _ = split_documents(stdlib_documents())
         tok = train_bpe(train_txt, cfg.vocab_size, tok_path)
         print(f"tokenizer: {tok.vocab_size} entries → {tok_path}", flush=True)
-    entry = registry.parse_entry({**_as_dict(entry), "tokenizer": str(tok_path)}, entry.path)
     t0 = time.time()
     trainer = build_training(entry, out_dir=args.out, max_steps=args.max_steps)
     trainer.config.progress = False
@@ -64,14 +63,6 @@ def main() -> int:
         model, [prompt], generator=torch.Generator().manual_seed(0))
     print("sample:", repr(tok.decode(ids[0].tolist())), flush=True)
     return 0
-
-
-def _as_dict(entry) -> dict:
-    import dataclasses
-
-    d = {k: v for k, v in dataclasses.asdict(entry).items() if k != "path"}
-    d["weights"] = {k: v for k, v in d["weights"].items() if v is not None}
-    return d
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ class DLMConfig:
     tie_embeddings: bool = True
     seq_len: int = 128  # training window
     eps: float = 1e-3  # minimum masking probability (LLaDA's eps)
+    tokenizer_file: str = ""  # a Hugging Face tokenizers JSON, relative to mgen/weights or absolute
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> "DLMConfig":
@@ -290,19 +291,25 @@ class DLMTask:
         return masked_diffusion_loss(model, batch[0], cfg.mask_id, generator, eps=cfg.eps)
 
 
-def build_text_data(entry, seq_len: int) -> tuple[torch.Tensor, torch.Tensor, "object"]:
-    """Train / held-out windows of the offline corpus, tokenised with the entry's tokenizer file."""
-    from mgen.hub import package_weights_dir
-    from mgen.models.dlm_data import TextTokenizer, pack, split_documents, stdlib_documents
-
-    if not entry.tokenizer:
-        raise UserError(f"{entry.name}: a dlm config needs 'tokenizer' (a tokenizers JSON file)")
+def tokenizer_path(tokenizer_file: str, name: str = "dlm"):
+    """``arch.tokenizer_file`` as a path: absolute / existing as given, else inside ``mgen/weights``."""
     from pathlib import Path
 
-    tok_path = Path(entry.tokenizer)
-    if not tok_path.is_absolute() and not tok_path.exists():
-        tok_path = package_weights_dir() / entry.tokenizer
-    tok = TextTokenizer.from_file(tok_path)
+    from mgen.hub import package_weights_dir
+
+    if not tokenizer_file:
+        raise UserError(f"{name}: a dlm config needs arch.tokenizer_file (a Hugging Face tokenizers JSON file)")
+    p = Path(tokenizer_file)
+    if not p.is_absolute() and not p.exists():
+        p = package_weights_dir() / tokenizer_file
+    return p
+
+
+def build_text_data(entry, seq_len: int) -> tuple[torch.Tensor, torch.Tensor, "object"]:
+    """Train / held-out windows of the offline corpus, tokenised with the entry's tokenizer file."""
+    from mgen.models.dlm_data import TextTokenizer, pack, split_documents, stdlib_documents
+
+    tok = TextTokenizer.from_file(tokenizer_path(DLMConfig.from_mapping(entry.arch).tokenizer_file, entry.name))
     train_txt, held_txt = split_documents(stdlib_documents())
     return pack(train_txt, tok, seq_len), pack(held_txt, tok, seq_len), tok
 
