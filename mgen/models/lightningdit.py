@@ -1,0 +1,321 @@
+"""LightningDiT and DiT^DH: flow-matching diffusion transformers of the RAE recipe.
+
+LightningDiT (Yao et al. 2025, "Reconstruction vs. Generation", §4) modernises DiT's block with RMSNorm,
+SwiGLU, 2-D RoPE and (optionally) qk-norm. DiT^DH (Zheng et al. 2025, "Diffusion Transformers with
+Representation Autoencoders", §5) puts a wide, shallow diffusion head on top of that trunk (DDT,
+Wang et al. 2025): the trunk maps the noisy latent to per-token conditions s = SiLU(t + trunk(x)), and
+``head_depth`` blocks of width ``head_hidden_size`` (2 × 2048 for XL) re-embed the noisy latent and
+denoise it, modulated token-wise by s. ``head_depth = 0`` gives a plain LightningDiT.
+
+``model(x, t, y)``: x (B, C, H, W) noisy latents at flow time t ∈ [0, 1] (t = 1 noise, see
+:mod:`mgen.samplers.flow`), y (B,) class labels (``num_classes`` = null class) → velocity (B, C, H, W).
+Parameter names follow the RAE release (``s_embedder``, ``x_embedder``, ``s_projector``, ``blocks.i``
+for trunk then head blocks, ``mlp.w12`` / ``mlp.w3``, ``t_embedder.W``, ``final_layer``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mgen.errors import UserError, WeightsError
+from mgen.models.dit import PatchEmbed, unpatchify
+from mgen.nn import Attention, FourierTimestepEmbedder, LabelEmbedder, Mlp, Rope2D, SwiGLU, sincos_2d
+
+
+@dataclass
+class LightningDiTConfig:
+    """Architecture numbers (the ``arch:`` section of ``configs/rae-dit-*.yaml`` / ``lightningdit-*.yaml``)."""
+
+    input_size: int = 16
+    patch_size: int = 1
+    in_channels: int = 768
+    hidden_size: int = 1152
+    depth: int = 28
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    class_dropout_prob: float = 0.1
+    num_classes: int = 1000
+    use_qknorm: bool = False
+    use_swiglu: bool = True
+    use_rope: bool = True
+    use_rmsnorm: bool = True
+    use_pos_embed: bool = True
+    wo_shift: bool = False
+    head_depth: int = 2  # DDT head blocks; 0 = plain LightningDiT
+    head_hidden_size: int = 2048
+    head_num_heads: int = 16
+    fourier_seed: int = 0  # the fixed Gaussian Fourier features of the time embedding
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], where: str = "arch") -> "LightningDiTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise UserError(f"{where}: unknown LightningDiT settings {sorted(unknown)}; allowed: {sorted(known)}")
+        cfg = cls(**dict(data))
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.input_size % self.patch_size:
+            raise UserError(f"LightningDiT: input_size {self.input_size} is not divisible by patch_size {self.patch_size}")
+        for width, heads, what in ((self.hidden_size, self.num_heads, "hidden_size"),
+                                   (self.head_hidden_size, self.head_num_heads, "head_hidden_size")):
+            if what == "head_hidden_size" and self.head_depth == 0:
+                continue
+            if width % heads:
+                raise UserError(f"LightningDiT: {what} {width} is not divisible by its number of heads {heads}")
+            if self.use_rope and (width // heads) % 4:
+                raise UserError(f"LightningDiT: 2-D RoPE needs a head dimension divisible by 4 ({what}/heads = {width // heads})")
+        if self.head_depth < 0 or self.depth < 1:
+            raise UserError("LightningDiT: depth must be >= 1 and head_depth >= 0")
+
+    @property
+    def grid_size(self) -> int:
+        return self.input_size // self.patch_size
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor | None, scale: torch.Tensor) -> torch.Tensor:
+    """x·(1 + scale) + shift for per-sample (B, 1, D) or per-token (B, N, D) modulation."""
+    x = x * (1 + scale)
+    return x if shift is None else x + shift
+
+
+def _norm(dim: int, rms: bool) -> nn.Module:
+    return nn.RMSNorm(dim, eps=1e-6) if rms else nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+
+
+class LightningBlock(nn.Module):
+    """adaLN-Zero block with RMSNorm, SwiGLU, qk-norm and RoPE options (LightningDiT / DDT block).
+
+    The condition ``c`` is (B, D) (one per sample) or (B, N, D) (one per token, in the DDT head).
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, cfg: LightningDiTConfig) -> None:
+        super().__init__()
+        rms = cfg.use_rmsnorm
+        self.norm1 = _norm(dim, rms)
+        self.attn = Attention(dim, num_heads, qkv_bias=True, qk_norm=cfg.use_qknorm,
+                              norm_layer=(lambda d: nn.RMSNorm(d, eps=1e-6)) if rms else nn.LayerNorm)
+        self.norm2 = _norm(dim, rms)
+        hidden = int(dim * mlp_ratio)
+        # LightningDiT keeps the MLP's parameter count: SwiGLU hidden = 2/3 of the GELU MLP's.
+        self.mlp = SwiGLU(dim, int(2 / 3 * hidden)) if cfg.use_swiglu else Mlp(dim, hidden, act_layer=lambda: nn.GELU(approximate="tanh"))
+        self.wo_shift = cfg.wo_shift
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, (4 if cfg.wo_shift else 6) * dim, bias=True))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, rope: Rope2D | None = None, backend: str | None = None) -> torch.Tensor:
+        if c.ndim == 2:
+            c = c.unsqueeze(1)
+        mods = self.adaLN_modulation(c)
+        if self.wo_shift:
+            scale1, gate1, scale2, gate2 = mods.chunk(4, dim=-1)
+            shift1 = shift2 = None
+        else:
+            shift1, scale1, gate1, shift2, scale2, gate2 = mods.chunk(6, dim=-1)
+        x = x + gate1 * self.attn(_modulate(self.norm1(x), shift1, scale1), rope=rope, backend=backend)
+        return x + gate2 * self.mlp(_modulate(self.norm2(x), shift2, scale2))
+
+
+class FinalLayer(nn.Module):
+    """adaLN (shift, scale) → Linear to p·p·C; per-sample or per-token condition."""
+
+    def __init__(self, dim: int, patch_size: int, out_channels: int, rms: bool) -> None:
+        super().__init__()
+        self.norm_final = _norm(dim, rms)
+        self.linear = nn.Linear(dim, patch_size * patch_size * out_channels, bias=True)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim, bias=True))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        if c.ndim == 2:
+            c = c.unsqueeze(1)
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        return self.linear(_modulate(self.norm_final(x), shift, scale))
+
+
+class LightningDiT(nn.Module):
+    """LightningDiT trunk with an optional DDT head (DiT^DH of the RAE paper)."""
+
+    def __init__(self, config: LightningDiTConfig | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        if config is None:
+            config = LightningDiTConfig.from_mapping(kwargs)
+        elif isinstance(config, Mapping):
+            config = LightningDiTConfig.from_mapping({**config, **kwargs})
+        elif kwargs:
+            config = dataclasses.replace(config, **kwargs)
+        config.validate()
+        self.config = c = config
+        self.in_channels = self.out_channels = c.in_channels
+        self.num_classes = c.num_classes
+        self.attn_backend: str | None = None
+        head = c.head_depth > 0
+        out_width = c.head_hidden_size if head else c.hidden_size
+        p = c.patch_size
+        if head:
+            self.s_embedder = PatchEmbed(p, c.in_channels, c.hidden_size)
+            self.x_embedder = PatchEmbed(p, c.in_channels, c.head_hidden_size)
+            self.s_projector = nn.Linear(c.hidden_size, c.head_hidden_size) if c.hidden_size != c.head_hidden_size else nn.Identity()
+        else:
+            self.x_embedder = PatchEmbed(p, c.in_channels, c.hidden_size)
+        g = torch.Generator().manual_seed(c.fourier_seed)
+        self.t_embedder = FourierTimestepEmbedder(c.hidden_size, generator=g)
+        self.y_embedder = LabelEmbedder(c.num_classes, c.hidden_size, c.class_dropout_prob)
+        if c.use_pos_embed:
+            self.register_buffer("pos_embed", sincos_2d(c.hidden_size, c.grid_size).unsqueeze(0), persistent=True)
+        else:
+            self.pos_embed = None
+        self.rope = Rope2D(c.hidden_size // c.num_heads, c.grid_size) if c.use_rope else None
+        self.head_rope = Rope2D(c.head_hidden_size // c.head_num_heads, c.grid_size) if (c.use_rope and head) else None
+        blocks = [LightningBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c) for _ in range(c.depth)]
+        blocks += [LightningBlock(c.head_hidden_size, c.head_num_heads, c.mlp_ratio, c) for _ in range(c.head_depth)]
+        self.blocks = nn.ModuleList(blocks)
+        self.final_layer = FinalLayer(out_width, p, c.in_channels, c.use_rmsnorm)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """DiT / LightningDiT initialisation: xavier linears, zero adaLN-Zero modulation and output."""
+        def basic(m: nn.Module) -> None:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        self.apply(basic)
+        for emb in (getattr(self, "s_embedder", None), self.x_embedder):
+            if emb is not None:
+                w = emb.proj.weight.data
+                nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+                nn.init.zeros_(emb.proj.bias)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        for prm in (self.final_layer.adaLN_modulation[-1].weight, self.final_layer.adaLN_modulation[-1].bias,
+                    self.final_layer.linear.weight, self.final_layer.linear.bias):
+            nn.init.zeros_(prm)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x_embedder.proj.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.x_embedder.proj.weight.device
+
+    def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> None:
+        c = self.config
+        if x.ndim != 4 or x.shape[1] != c.in_channels:
+            raise UserError(f"LightningDiT expects latents (B, {c.in_channels}, H, W); got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if h % c.patch_size or w % c.patch_size:
+            raise UserError(f"latent size {h}x{w} is not divisible by the patch size {c.patch_size}")
+        if (h, w) != (c.input_size, c.input_size):
+            raise UserError(f"this model was built for {c.input_size}x{c.input_size} latents; got {h}x{w}")
+        if t.ndim != 1 or t.shape[0] != x.shape[0] or y.ndim != 1 or y.shape[0] != x.shape[0]:
+            raise UserError(f"t and y must have shape ({x.shape[0]},); got {tuple(t.shape)} and {tuple(y.shape)}")
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Velocity prediction v(x_t, t, y) (RAE Eq. 1 target ε − x)."""
+        self.check_inputs(x, t, y)
+        c = self.config
+        grid = (x.shape[-2] // c.patch_size, x.shape[-1] // c.patch_size)
+        temb = self.t_embedder(t.to(torch.float32))
+        yemb = self.y_embedder(y, self.training, generator=generator)
+        be = self.attn_backend
+        if c.head_depth == 0:  # plain LightningDiT: c = t + y
+            cond = temb + yemb
+            h = self.x_embedder(x)
+            if self.pos_embed is not None:
+                h = h + self.pos_embed.to(h.dtype)
+            for block in self.blocks:
+                h = block(h, cond, rope=self.rope, backend=be)
+            return unpatchify(self.final_layer(h, cond), c.patch_size, c.in_channels, grid)
+        cond = F.silu(temb + yemb)  # DDT: c = SiLU(t + y)
+        s = self.s_embedder(x)
+        if self.pos_embed is not None:
+            s = s + self.pos_embed.to(s.dtype)
+        for block in self.blocks[: c.depth]:
+            s = block(s, cond, rope=self.rope, backend=be)
+        s = self.s_projector(F.silu(temb.unsqueeze(1) + s))  # per-token condition for the head
+        h = self.x_embedder(x)
+        for block in self.blocks[c.depth:]:
+            h = block(h, s, rope=self.head_rope, backend=be)
+        return unpatchify(self.final_layer(h, s), c.patch_size, c.in_channels, grid)
+
+    # -- weights ---------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, config: str | LightningDiTConfig | Mapping[str, Any] | None = None,
+                        weights: str | os.PathLike | None = None, map_location: str | torch.device = "cpu") -> "LightningDiT":
+        """Load a folder written by :meth:`save_pretrained`, a safetensors / ``.pt`` state dict (RAE's
+        release layout; EMA weights preferred), or a registry name (``rae-dit-digits``)."""
+        from mgen import hub, registry
+
+        cfg = _config_from(config)
+        p = Path(path).expanduser()
+        if weights is not None or not p.exists():
+            resolved = hub.resolve(str(path), weights)
+            if cfg is None and resolved.entry is not None:
+                cfg = LightningDiTConfig.from_mapping(resolved.entry.arch, where=resolved.entry.path)
+            p = Path(resolved.path)
+        if p.is_dir():
+            if cfg is None and (p / "config.json").exists():
+                cfg = LightningDiTConfig.from_mapping(json.loads((p / "config.json").read_text()), where=str(p / "config.json"))
+            p = p / "model.safetensors"
+        if cfg is None:
+            raise UserError("pass config= (a registry name or an arch mapping) for a bare LightningDiT checkpoint")
+        ckpt = hub.load_checkpoint(p)
+        for key in ("ema", "model", "state_dict"):
+            if key in ckpt and isinstance(ckpt[key], dict):
+                ckpt = ckpt[key]
+                break
+        state = {k.removeprefix("module."): v for k, v in ckpt.items() if isinstance(v, torch.Tensor)}
+        # RAE stores its RoPE tables as buffers; ours are recomputed.
+        state = {k: v for k, v in state.items() if "feat_rope." not in k}
+        model = cls(cfg)
+        own = model.state_dict()
+        if "pos_embed" in own and "pos_embed" not in state:
+            state["pos_embed"] = own["pos_embed"]
+        bad = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if bad or missing or unexpected:
+            what = (f"{bad[0]} has shape {tuple(state[bad[0]].shape)}, expected {tuple(own[bad[0]].shape)}" if bad
+                    else f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}")
+            raise WeightsError(f"{p}: checkpoint does not match the config ({what})")
+        model.load_state_dict(state)
+        return model.to(map_location).eval()
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        from mgen.hub import save_safetensors
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        save_safetensors({k: v.contiguous() for k, v in self.state_dict().items()}, d / "model.safetensors")
+        tmp = d / ".config.json.tmp"
+        tmp.write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
+        tmp.replace(d / "config.json")
+        return d
+
+
+def _config_from(config: str | LightningDiTConfig | Mapping[str, Any] | None) -> LightningDiTConfig | None:
+    from mgen import registry
+
+    if config is None or isinstance(config, LightningDiTConfig):
+        return config
+    if isinstance(config, Mapping):
+        return LightningDiTConfig.from_mapping(config)
+    entry = registry.load_config_file(config) if str(config).endswith((".yaml", ".yml")) else registry.get(str(config))
+    if entry.family != "rae-dit":
+        raise UserError(f"{entry.name} is a {entry.family!r} model, not a LightningDiT / DiT^DH")
+    return LightningDiTConfig.from_mapping(entry.arch, where=entry.path)
