@@ -9,7 +9,7 @@ Two numbers judge a class-conditional digits model without any download:
 
 The split is fixed and version-independent (no RNG): within each class, the images are taken in
 ``load_digits`` order and every fifth one (positions 4, 9, 14, … of that class) is held out. That gives
-1,438 training and 359 held-out images. The classifier (:class:`DigitsClassifier`) is trained by
+1,442 training and 355 held-out images. The classifier (:class:`DigitsClassifier`) is trained by
 ``recipes/digits_classifier.py`` on the training split only and shipped as
 ``mgen/weights/digits-classifier.safetensors`` (≈0.6 MB).
 
@@ -158,24 +158,33 @@ def reference_statistics(model: DigitsClassifier | None = None, size: tuple[int,
     return DigitsReference(mu, sigma, len(x_test))
 
 
+def digits_metrics_from_outputs(features: torch.Tensor, logits: torch.Tensor | None, labels: torch.Tensor | None,
+                                size: tuple[int, int], model: DigitsClassifier | None = None) -> dict[str, float]:
+    """Digits-FID (and accuracy when ``logits`` and the requested ``labels`` are given) from classifier outputs
+    of samples of ``size`` (H, W)."""
+    from mgen.eval.fid import frechet_distance, statistics
+
+    if features.shape[0] < 2:
+        raise UserError("digits-FID needs at least 2 samples")
+    ref = reference_statistics(model, size=tuple(size))
+    mu, sigma = statistics(features)
+    out = {"digits_fid": frechet_distance(mu, sigma, ref.mu, ref.sigma)}
+    if labels is not None and logits is not None:
+        labels = torch.as_tensor(labels).long().cpu()
+        if labels.shape != (features.shape[0],):
+            raise UserError(f"{labels.numel()} labels for {features.shape[0]} samples")
+        out["digits_accuracy"] = float((logits.argmax(1).cpu() == labels).double().mean())
+    return out
+
+
 def digits_metrics(images: torch.Tensor, labels: torch.Tensor | None = None,
                    model: DigitsClassifier | None = None) -> dict[str, float]:
     """``{"digits_fid", "digits_accuracy"}`` of samples (accuracy only when the requested ``labels`` are given).
 
     ``images``: ``N×C×H×W`` in [-1, 1]; ``labels``: the classes the samples were drawn for.
     """
-    from mgen.eval.fid import frechet_distance, statistics
-
-    if images.shape[0] < 2:
-        raise UserError("digits-FID needs at least 2 samples")
+    if not torch.is_tensor(images) or images.dim() != 4:
+        raise UserError(f"digits metrics expect N×C×H×W images, got {getattr(images, 'shape', type(images))}")
     model = model or load_classifier()
     feats, logits = classifier_outputs(model, images)
-    ref = reference_statistics(model, size=tuple(images.shape[-2:]))
-    mu, sigma = statistics(feats)
-    out = {"digits_fid": frechet_distance(mu, sigma, ref.mu, ref.sigma)}
-    if labels is not None:
-        labels = torch.as_tensor(labels).long().cpu()
-        if labels.shape != (images.shape[0],):
-            raise UserError(f"{labels.numel()} labels for {images.shape[0]} images")
-        out["digits_accuracy"] = float((logits.argmax(1) == labels).double().mean())
-    return out
+    return digits_metrics_from_outputs(feats, logits, labels, tuple(images.shape[-2:]), model)

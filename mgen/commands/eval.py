@@ -1,17 +1,334 @@
-"""`mgen eval`: FID / IS / KID / precision-recall of samples or a model."""
+"""`mgen eval`: FID / IS / KID / precision-recall of samples or a model, and the offline digits metrics.
+
+    mgen eval --fake DIR --real DIR|NPZ --inception-weights W [--metrics fid,is,kid,pr] --json OUT
+    mgen eval --real DIR --inception-weights W --save-stats REF.npz
+    mgen eval --model NAME --num-samples 50000 --steps 64 --cfg 2.9 --real REF.npz --inception-weights W
+    mgen eval --model mar-digits                      # digits-FID and class accuracy, fully offline
+    accelerate launch -m mgen eval --model NAME ...   # samples split over processes, features gathered
+
+With ``--model``, samples go straight from the pipeline into the feature extractors (no PNGs); feature
+shards are saved in ``--work-dir`` as they are finished, so running the same command again after a
+crash resumes where it stopped. The JSON (written atomically, only when everything succeeded) records
+the metrics, the model and sampler settings, the seeds and the versions.
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
 
 from mgen.errors import UserError
 
-HELP = "FID / IS / KID / precision-recall of samples or a model"
+HELP = "FID / IS / KID / precision-recall of samples or a model, and digits metrics"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.description = (__doc__ or "").split("\n\n")[0]
+    g = p.add_argument_group("inputs")
+    g.add_argument("--fake", metavar="DIR", help="folder of generated images")
+    g.add_argument("--real", metavar="DIR|NPZ", help="folder of real images, or reference statistics (.npz with mu, sigma)")
+    g.add_argument("--model", metavar="NAME|PATH", help="sample from this model instead of reading --fake")
+    g.add_argument("--weights", metavar="PATH", help="model weights (with --model)")
+    g.add_argument("--inception-weights", metavar="PATH",
+                   help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (never downloaded)")
+    m = p.add_argument_group("metrics")
+    m.add_argument("--metrics", default=None,
+                   help="comma-separated: fid, is, kid, pr (default: fid,is,kid; with --model and no --real: is)")
+    m.add_argument("--kid-subset-size", type=int, default=1000)
+    m.add_argument("--kid-subsets", type=int, default=100)
+    m.add_argument("--isc-splits", type=int, default=10)
+    m.add_argument("--pr-k", type=int, default=3, help="neighbourhood size of precision/recall")
+    m.add_argument("--metric-seed", type=int, default=2020, help="IS shuffle / KID subsets seed (torch-fidelity's 2020)")
+    m.add_argument("--digits", dest="digits", action="store_true", default=None,
+                   help="also report digits-FID and class accuracy (default for *-digits models)")
+    m.add_argument("--no-digits", dest="digits", action="store_false")
+    m.add_argument("--digits-classifier", metavar="PATH", help="digits classifier weights (default: the shipped one)")
+    s = p.add_argument_group("sampling (with --model)")
+    s.add_argument("--num-samples", type=int, default=None, help="number of samples (default 50000; 1000 for digits)")
+    s.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    s.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
+    s.add_argument("--num-classes", type=int, default=None, help="classes to cycle through (default: the model's)")
+    s.add_argument("--seed", type=int, default=0, help="sample i uses seed (seed << 32) + i")
+    s.add_argument("--work-dir", metavar="DIR", help="feature shards (default: ./mgen-eval-<model>-<settings hash>)")
+    s.add_argument("--shard-size", type=int, default=None, help="samples per shard file (default 8 batches)")
+    o = p.add_argument_group("run and output")
+    o.add_argument("--batch-size", type=int, default=64)
+    o.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    o.add_argument("--json", metavar="OUT", help="write the results here (atomically)")
+    o.add_argument("--save-stats", metavar="NPZ", help="write mu/sigma of --real (a folder), or of the fake images / samples")
+    o.add_argument("--no-progress", action="store_true")
+
+
+def _write_json(path: str | os.PathLike, obj: dict[str, Any]) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import torch_fidelity
+
+    from mgen import __version__
+
+    return {"mgen": __version__, "torch_fidelity": torch_fidelity.__version__, "torch": torch.__version__,
+            "metrics": "fid: Heusel et al. 2017 (torch-fidelity eigvals trace); is: 10-split, torch-fidelity "
+                       "shuffle; kid: cubic polynomial kernel, unbiased MMD²; pr: Kynkäänniemi et al. 2019"}
+
+
+def _file_id(path: Path) -> dict[str, Any]:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"path": str(path), "sha256": h.hexdigest()}
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for name in ("kid_subset_size", "kid_subsets", "isc_splits", "pr_k", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.num_samples is not None and args.num_samples < 1:
+        raise UserError(f"--num-samples must be positive, got {args.num_samples}")
+    if args.shard_size is not None and args.shard_size < 1:
+        raise UserError(f"--shard-size must be positive, got {args.shard_size}")
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps must be positive, got {args.steps}")
+    if args.model and args.fake:
+        raise UserError("give either --fake DIR or --model NAME, not both")
+    if not args.model and not args.fake and not (args.save_stats and args.real):
+        raise UserError("nothing to evaluate: give --fake DIR or --model NAME (or --real DIR --save-stats NPZ)")
+    if not args.model:
+        for name in ("num_samples", "steps", "cfg", "weights", "work_dir", "shard_size", "num_classes"):
+            if getattr(args, name) is not None:
+                raise UserError(f"--{name.replace('_', '-')} only applies with --model")
+    if args.json:
+        j = Path(args.json)
+        if j.is_dir():
+            raise UserError(f"--json {j} is a folder")
+    if args.save_stats and not str(args.save_stats).endswith(".npz"):
+        raise UserError(f"--save-stats must name an .npz file, got {args.save_stats}")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise UserError("'mgen eval' is not available yet in this version of mgen")
+    _check_args(args)
+    if args.model:
+        result = _run_model(args)
+    else:
+        result = _run_folders(args)
+    if result is None:  # not the main process of a multi-process run
+        return 0
+    if args.json:
+        _write_json(args.json, result)
+    json.dump(result, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _run_folders(args: argparse.Namespace) -> dict[str, Any]:
+    from mgen.eval import fid as fidlib
+    from mgen.eval.evaluate import evaluate, is_stats_file, normalize_metrics
+    from mgen.eval.inception import InceptionFeatures, resolve_inception_weights
+    from mgen.eval.inputs import as_source
+
+    progress = not args.no_progress
+    metrics = normalize_metrics(args.metrics or "fid,is,kid") if args.fake else []
+    if args.save_stats and args.real and is_stats_file(args.real):
+        raise UserError("--save-stats needs images (a --real folder), not a .npz")
+    # validate every input before loading the network
+    fake_src = as_source(args.fake, "fake") if args.fake else None
+    real_is_npz = bool(args.real) and is_stats_file(args.real)
+    if real_is_npz:
+        fidlib.load_stats(args.real)
+    real_src = as_source(args.real, "real") if args.real and not real_is_npz else None
+    weights = resolve_inception_weights(args.inception_weights)
+    extractor = InceptionFeatures(weights, args.device)
+    result: dict[str, Any] = {}
+    if fake_src is not None:
+        real_in = args.real if real_is_npz else real_src
+        needs_real = any(m in metrics for m in ("fid", "kid", "pr"))
+        r = evaluate(fake_src, real_in if needs_real else None, metrics=metrics, kid_subset_size=args.kid_subset_size,
+                     kid_subsets=args.kid_subsets, isc_splits=args.isc_splits, pr_k=args.pr_k,
+                     batch_size=args.batch_size, seed=args.metric_seed, progress=progress, extractor=extractor,
+                     return_features=bool(args.save_stats))
+        feats = r.pop("features", None)
+        result.update(r)
+        if args.save_stats:
+            use = feats["real"] if feats and feats.get("real") is not None else feats["fake"]
+            fidlib.save_stats(args.save_stats, *fidlib.statistics(use["2048"]))
+    elif args.save_stats:
+        feats = extractor.extract(real_src.batches(args.batch_size), total=real_src.num_images, progress=progress)
+        fidlib.save_stats(args.save_stats, *fidlib.statistics(feats["2048"]))
+        result["num_real"] = int(feats["2048"].shape[0])
+    if args.save_stats:
+        result["saved_stats"] = str(args.save_stats)
+    result["fake"] = args.fake
+    result["real"] = args.real
+    result["inception_weights"] = _file_id(weights)
+    result["settings"] = {"metrics": metrics, "kid_subset_size": args.kid_subset_size, "kid_subsets": args.kid_subsets,
+                          "isc_splits": args.isc_splits, "pr_k": args.pr_k, "metric_seed": args.metric_seed,
+                          "batch_size": args.batch_size}
+    result["versions"] = _versions()
+    return result
+
+
+def _is_digits_model(name: str) -> bool:
+    return Path(str(name)).name.endswith("-digits")
+
+
+def _num_classes(pipe: Any, entry: Any, digits: bool) -> int | None:
+    for obj in (pipe, getattr(pipe, "transformer", None), getattr(pipe, "generator", None),
+                getattr(pipe, "model", None)):
+        for attr in ("num_classes", "class_num"):
+            v = getattr(obj, attr, None) if obj is not None else None
+            if isinstance(v, int) and v > 0:
+                return v
+    arch = dict(getattr(entry, "arch", {}) or {})
+    for key in ("num_classes", "class_num"):
+        if isinstance(arch.get(key), int):
+            return arch[key]
+    return 10 if digits else None
+
+
+def _load_pipeline(model: str, weights: str | None, device: Any) -> Any:
+    try:
+        from mgen.pipelines import load_pipeline
+    except ImportError:
+        raise UserError("sampling from a model needs mgen.pipelines.load_pipeline, which this version of mgen "
+                        "does not have yet; write samples with 'mgen sample' and use --fake DIR") from None
+    pipe = load_pipeline(model, weights=weights)
+    return pipe.to(device) if hasattr(pipe, "to") else pipe
+
+
+def _run_model(args: argparse.Namespace) -> dict[str, Any] | None:
+    import torch
+
+    from mgen.eval import fid as fidlib
+    from mgen.eval.evaluate import is_stats_file, metrics_from_features, normalize_metrics
+    from mgen.eval.streaming import _accelerate_state, images_to_uint8, pipeline_sample_fn, stream_features
+
+    digits = _is_digits_model(args.model) if args.digits is None else args.digits
+    progress = not args.no_progress
+    rank, world, barrier = _accelerate_state()
+    if world > 1:
+        from accelerate import PartialState
+
+        device = PartialState().device
+    else:
+        device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # which Inception metrics: only when there is something to compare with (or asked for)
+    if args.metrics:
+        metrics = normalize_metrics(args.metrics)
+    elif args.real:
+        metrics = ["fid", "is"]
+    elif args.inception_weights:
+        metrics = ["is"]
+    else:
+        metrics = []
+    if not metrics and not digits:
+        raise UserError(f"nothing to compute for {args.model}: give --real NPZ|DIR and --inception-weights "
+                        "(or --metrics is), or --digits")
+    if any(m in metrics for m in ("fid", "kid", "pr")) and not args.real:
+        raise UserError("FID/KID/precision-recall need --real (a folder or a reference .npz)")
+    real_stats = None
+    real_src = None
+    if args.real and metrics:
+        if is_stats_file(args.real):
+            real_stats = fidlib.load_stats(args.real)
+        else:
+            from mgen.eval.inputs import as_source
+
+            real_src = as_source(args.real, "real")
+    num_samples = args.num_samples if args.num_samples is not None else (1000 if digits else 50000)
+    extractor = None
+    weights_id = None
+    if metrics:
+        from mgen.eval.inception import InceptionFeatures, resolve_inception_weights
+
+        w = resolve_inception_weights(args.inception_weights)
+        weights_id = _file_id(w)
+        extractor = InceptionFeatures(w, device)
+    classifier = None
+    if digits:
+        from mgen.eval.digits import load_classifier
+
+        classifier = load_classifier(args.digits_classifier, device)
+    pipe = _load_pipeline(args.model, args.weights, device)
+    entry = None
+    try:
+        from mgen import registry
+
+        entry = registry.get(args.model) if not os.path.exists(args.model) else None
+    except Exception:  # a path, or an unregistered name the pipeline loader understood
+        entry = None
+    num_classes = args.num_classes if args.num_classes is not None else _num_classes(pipe, entry, digits)
+    sample_fn = pipeline_sample_fn(pipe, args.steps, args.cfg, device=device)
+
+    def extract(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        if extractor is not None:
+            out.update(extractor(images_to_uint8(images)))
+        if classifier is not None:
+            with torch.inference_mode():
+                f = classifier.features(images.to(device))
+                out["digits_features"] = f.float().cpu()
+                out["digits_logits"] = classifier.fc2(f).float().cpu()
+        out["_size"] = torch.tensor([list(images.shape[-2:])] * images.shape[0])
+        return out
+
+    sampler_settings = {"steps": args.steps, "cfg": args.cfg, "num_classes": num_classes}
+    meta = {"model": args.model, "weights": args.weights, "sampler": sampler_settings,
+            "features": sorted((["inception"] if extractor is not None else []) + (["digits"] if digits else [])),
+            "inception_weights": weights_id["sha256"] if weights_id else None}
+    key = hashlib.sha256(json.dumps({**meta, "n": num_samples, "seed": args.seed, "bs": args.batch_size},
+                                    sort_keys=True).encode()).hexdigest()[:10]
+    work_dir = args.work_dir or f"mgen-eval-{Path(str(args.model)).name}-{key}"
+    feats = stream_features(sample_fn, extract, num_samples, work_dir, num_classes=num_classes, seed=args.seed,
+                            batch_size=args.batch_size, shard_size=args.shard_size, meta=meta, progress=progress,
+                            rank=rank, world_size=world, barrier=barrier)
+    if feats is None:
+        return None
+    result: dict[str, Any] = {}
+    if metrics:
+        real_feats = None
+        if real_src is not None:
+            real_feats = extractor.extract(real_src.batches(args.batch_size), total=real_src.num_images,
+                                           progress=progress, desc="real")
+        result.update(metrics_from_features(feats, real_stats if real_stats is not None else real_feats, metrics,
+                                            args.kid_subset_size, args.kid_subsets, args.isc_splits, args.pr_k,
+                                            args.metric_seed))
+        if args.save_stats:
+            fidlib.save_stats(args.save_stats, *fidlib.statistics(feats["2048"]))
+            result["saved_stats"] = str(args.save_stats)
+    if digits:
+        from mgen.eval.digits import digits_metrics_from_outputs
+
+        size = tuple(int(v) for v in feats["_size"][0])
+        labels = feats["label"] if num_classes else None
+        result.update(digits_metrics_from_outputs(feats["digits_features"], feats["digits_logits"], labels, size,
+                                                  classifier))
+    result.update({
+        "model": args.model, "weights": args.weights, "num_samples": num_samples, "sampler": sampler_settings,
+        "seed": args.seed, "sample_seeds": f"(seed << 32) + i for i in 0..{num_samples - 1}",
+        "labels": "class floor(i * num_classes / num_samples)" if num_classes else None,
+        "batch_size": args.batch_size, "work_dir": str(work_dir), "real": args.real,
+        "inception_weights": weights_id,
+        "settings": {"metrics": metrics, "kid_subset_size": args.kid_subset_size, "kid_subsets": args.kid_subsets,
+                     "isc_splits": args.isc_splits, "pr_k": args.pr_k, "metric_seed": args.metric_seed},
+        "versions": _versions(),
+    })
+    return result
