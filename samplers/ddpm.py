@@ -14,6 +14,7 @@ conditional half's variance prediction drives the step.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,3 +129,69 @@ def check_labels(class_labels: torch.Tensor | list[int], num_classes: int, devic
     if bad.numel():
         raise UserError(f"unknown class {int(bad[0])}: this model has classes 0..{num_classes - 1}")
     return y.to(device=device, dtype=torch.long)
+
+
+# -- training objective ------------------------------------------------------------------------------
+
+def _normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)) elementwise, in nats."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log P(x) of a Gaussian integrated over the bin [x − 1/255, x + 1/255] (Ho et al. 2020 §3.3, the
+    decoder term L_0), with the tanh approximation of the normal CDF used by the official code."""
+    def cdf(v: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (v + 0.044715 * v ** 3)))
+
+    centered = x - mean
+    inv = torch.exp(-log_scale)
+    cdf_plus = cdf(inv * (centered + 1.0 / 255.0))
+    cdf_min = cdf(inv * (centered - 1.0 / 255.0))
+    log_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return torch.where(x < -0.999, log_plus, torch.where(x > 0.999, log_one_minus_min, log_delta))
+
+
+def ddpm_training_loss(model: torch.nn.Module, x0: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
+                       num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """DiT's training loss (Peebles & Xie 2023 §3.1; Nichol & Dhariwal 2021 §3.1 L_hybrid).
+
+    L_simple = ‖ε − ε_θ(x_t, t, y)‖² on t ~ U{0..T−1}; with a learned variance (2C output channels)
+    L_vlb (Ho et al. 2020 Eq. 5, KL of the posterior q(x_{t−1}|x_t, x_0) to p_θ with the learned-range
+    variance, in bits per dimension; the decoder NLL at t = 0) is added with the mean's gradient
+    stopped, as in the official ``training_losses`` with the MSE loss type.
+    """
+    b = x0.shape[0]
+    dev = x0.device
+    betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
+    abar = torch.cumprod(1.0 - betas, 0)
+    abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+    post_var = betas * (1.0 - abar_prev) / (1.0 - abar)
+    post_logvar = torch.log(torch.cat([post_var[1:2], post_var[1:]]))  # clipped at t = 0 (IDDPM)
+    coef_x0 = betas * abar_prev.sqrt() / (1.0 - abar)
+    coef_xt = (1.0 - abar_prev) * (1.0 - betas).sqrt() / (1.0 - abar)
+
+    gdev = generator.device
+    t = torch.randint(0, num_train_timesteps, (b,), generator=generator, device=gdev).to(dev)
+    noise = torch.randn(x0.shape, generator=generator, device=gdev, dtype=x0.dtype).to(dev)
+
+    def at(arr: torch.Tensor) -> torch.Tensor:
+        return arr.to(dev)[t].float().reshape(b, *([1] * (x0.ndim - 1)))
+
+    xt = at(abar.sqrt()) * x0 + at((1.0 - abar).sqrt()) * noise
+    out = model(xt, t, y, generator=generator)
+    c = x0.shape[1]
+    eps = out[:, :c].float()
+    loss = ((noise.float() - eps) ** 2).mean(dim=tuple(range(1, x0.ndim)))
+    if out.shape[1] == 2 * c:
+        frac = (out[:, c:].float() + 1) / 2
+        logvar = frac * at(torch.log(betas)) + (1 - frac) * at(post_logvar)
+        x0_pred = (xt.float() - at((1.0 - abar).sqrt()) * eps.detach()) / at(abar.sqrt())
+        mean = at(coef_x0) * x0_pred + at(coef_xt) * xt.float()
+        true_mean = at(coef_x0) * x0.float() + at(coef_xt) * xt.float()
+        kl = _normal_kl(true_mean, at(post_logvar), mean, logvar).mean(dim=tuple(range(1, x0.ndim))) / math.log(2.0)
+        nll = -_discretized_gaussian_log_likelihood(x0.float(), mean, 0.5 * logvar).mean(dim=tuple(range(1, x0.ndim))) / math.log(2.0)
+        loss = loss + torch.where(t == 0, nll, kl)
+    return loss.mean()

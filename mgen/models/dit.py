@@ -428,3 +428,97 @@ def convert_diffusers_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str,
     if "pos_embed.pos_embed" in state:  # diffusers keeps the fixed table as a non-persistent buffer
         out["pos_embed"] = state["pos_embed.pos_embed"]
     return out
+
+
+# -- training (``mgen train --config configs/dit-*.yaml``) ----------------------------------------------
+
+TASK_KEYS = {"dataset", "image_size", "time_distribution", "time_mu", "time_sigma", "time_shift", "preview_steps"}
+
+
+def split_train_settings(train: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``train:`` → (this model's own settings, the shared TrainConfig's)."""
+    own = {k: v for k, v in train.items() if k in TASK_KEYS}
+    return own, {k: v for k, v in train.items() if k not in TASK_KEYS}
+
+
+def load_tokenizer(name_or_path: str | os.PathLike) -> nn.Module:
+    """The tokenizer a generator config names: KL (``sd-vae-ft-ema``, ``kl-digits``) or RAE (``rae-digits``)."""
+    from mgen import registry
+
+    family = "kl"
+    if not Path(name_or_path).expanduser().exists():
+        family = registry.get(str(name_or_path)).family
+    if family == "rae":
+        from mgen.tokenizers.rae import RAETokenizer
+
+        return RAETokenizer.from_pretrained(name_or_path).eval()
+    if family != "kl":
+        raise UserError(f"{name_or_path} is a {family!r} tokenizer; diffusion transformers need continuous latents (kl or rae)")
+    from mgen.tokenizers.kl import KLTokenizer
+
+    return KLTokenizer.from_pretrained(name_or_path).eval()
+
+
+@torch.no_grad()
+def encode_digits(tokenizer: nn.Module, image_size: int = 16, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """The offline digits (sklearn) as scaled latents ``encode(x) * scaling_factor`` and labels."""
+    from mgen.tokenizers.digits import digits_images
+
+    x, y = digits_images(split, size=image_size)
+    z = torch.cat([tokenizer.encode(x[i:i + 256]) for i in range(0, x.shape[0], 256)])
+    return (z * float(tokenizer.scaling_factor)).float(), y.long()
+
+
+def training_data(entry: Any, own: Mapping[str, Any]) -> tuple[tuple[torch.Tensor, torch.Tensor], nn.Module]:
+    if own.get("dataset", "digits") != "digits" or not entry.tokenizer:
+        raise UserError(f"{entry.name}: only the offline digits data set can be used for training here "
+                        "(set train.dataset: digits and a digits tokenizer)")
+    tok = load_tokenizer(entry.tokenizer)
+    return encode_digits(tok, int(own.get("image_size", 16))), tok
+
+
+class DiTTrainTask:
+    """DiT's diffusion objective (:func:`mgen.samplers.ddpm.ddpm_training_loss`) + a class-grid preview."""
+
+    def __init__(self, model: DiT, sampler: Mapping[str, Any], tokenizer: nn.Module | None = None, preview_steps: int = 50) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.diffusion = {k: sampler[k] for k in ("num_train_timesteps", "beta_start", "beta_end") if k in sampler}
+        self.sampler = dict(sampler)
+        self.preview_steps = preview_steps
+
+    def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> torch.Tensor:
+        from mgen.samplers.ddpm import ddpm_training_loss
+
+        x, y = batch
+        return ddpm_training_loss(model, x, y, generator, **self.diffusion)
+
+    @torch.no_grad()
+    def sample_grid(self, model: nn.Module, generator: torch.Generator) -> torch.Tensor:
+        from mgen.pipelines.dit import decode_latents
+        from mgen.samplers.ddpm import DDPMSampler
+
+        n = min(model.config.num_classes, 10)
+        labels = torch.arange(n).repeat(2)
+        s = DDPMSampler.from_mapping(self.sampler, num_inference_steps=self.preview_steps)
+        lat = s.sample(model, labels, generator=generator)
+        return decode_latents(self.tokenizer, lat).cpu() if self.tokenizer is not None else lat[:, :3].cpu()
+
+
+def _register() -> None:
+    from mgen.train.tasks import register
+
+    @register("dit")
+    def build(entry, out_dir=None, max_steps=None, batch_size=None, seed=None):
+        from mgen.train.trainer import TrainConfig, Trainer
+
+        own, rest = split_train_settings(entry.train)
+        cfg = TrainConfig.from_mapping(rest, out_dir=out_dir or f"runs/{entry.name}", max_steps=max_steps,
+                                       batch_size=batch_size, seed=seed)
+        torch.manual_seed(cfg.seed)
+        model = DiT(DiTConfig.from_mapping(entry.arch, where=entry.path))
+        data, tok = training_data(entry, own)
+        task = DiTTrainTask(model, entry.sampler, tok, int(own.get("preview_steps", 50)))
+        return Trainer(task, data, cfg)
+
+
+_register()

@@ -122,7 +122,7 @@ class DiTPipeline(DiffusionPipeline):
 
 
 def load_vae(name_or_path: str | os.PathLike) -> torch.nn.Module:
-    """An mgen KL tokenizer from a registry name or path (official LDM, diffusers or mgen layout)."""
-    from mgen.tokenizers.kl import KLTokenizer
+    """The tokenizer (KL-VAE or RAE) from a registry name or a path."""
+    from mgen.models.dit import load_tokenizer
 
-    return KLTokenizer.from_pretrained(name_or_path)
+    return load_tokenizer(name_or_path)

@@ -23,7 +23,7 @@ def _load_builders() -> None:
     """Import the modules that register builders (kept lazy so `mgen --help` stays fast)."""
     import importlib
 
-    for mod in ("mgen.models.mar", "mgen.models.maskgit", "mgen.models.enat", "mgen.models.dit", "mgen.models.dlm",
+    for mod in ("mgen.models.mar", "mgen.models.maskgit", "mgen.models.enat", "mgen.models.dit", "mgen.models.lightningdit", "mgen.models.dlm",
                 "mgen.tokenizers.kl", "mgen.tokenizers.vq", "mgen.tokenizers.rae"):
         try:
             importlib.import_module(mod)
