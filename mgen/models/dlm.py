@@ -320,15 +320,17 @@ def _register() -> None:
 
     @tasks.register("dlm")
     def build(entry, out_dir=None, max_steps=None, batch_size=None, seed=None) -> Trainer:
+        if "base" in entry.arch:  # a joint sampler layer (ADJUST) on top of a frozen dlm
+            from mgen.models.joint_sampler import build_joint_training
+
+            return build_joint_training(entry, out_dir=out_dir, max_steps=max_steps, batch_size=batch_size, seed=seed)
         cfg = DLMConfig.from_mapping(entry.arch)
         train, _, tok = build_text_data(entry, cfg.seq_len)
         if tok.vocab_size != cfg.vocab_size or tok.mask_id != cfg.mask_id:
             raise UserError(f"{entry.name}: tokenizer has {tok.vocab_size} entries / mask id {tok.mask_id}, "
                             f"arch says {cfg.vocab_size} / {cfg.mask_id}")
-        g = torch.Generator().manual_seed(0 if seed is None else seed)
         torch.manual_seed(0 if seed is None else seed)
         model = MaskedDiffusionLM(cfg)
-        del g
         tc = TrainConfig.from_mapping(entry.train, out_dir=out_dir or f"runs/{entry.name}", max_steps=max_steps,
                                       batch_size=batch_size, seed=seed)
         return Trainer(DLMTask(model), [train], tc)
