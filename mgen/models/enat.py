@@ -496,8 +496,8 @@ def _build(entry: Any, out_dir: str | None = None, max_steps: int | None = None,
 
     if not entry.tokenizer:
         raise UserError(f"{entry.name}: the config names no tokenizer to encode training images with")
-    codes, labels, tok = encode_digits(entry.tokenizer)
     cfg = ENATConfig.from_mapping(entry.arch, where=entry.path)
+    codes, labels, tok = encode_digits(entry.tokenizer, size=cfg.img_size)
     if tuple(codes.shape[1:]) != (cfg.grid_size, cfg.grid_size):
         raise UserError(f"{entry.name}: tokenizer {entry.tokenizer} gives {tuple(codes.shape[1:])} codes, arch says grid_size {cfg.grid_size}")
     torch.manual_seed(seed if seed is not None else int(entry.train.get("seed", 0)))

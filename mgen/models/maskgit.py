@@ -393,13 +393,14 @@ class MaskGITTask:
         return images
 
 
-def encode_digits(tokenizer_name: str, split: str = "train") -> tuple[torch.Tensor, torch.Tensor, Any]:
-    """VQ codes and labels of the offline digits (``mgen.tokenizers.digits``) under a shipped tokenizer."""
+def encode_digits(tokenizer_name: str, split: str = "train", size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """VQ codes and labels of the offline digits (``mgen.tokenizers.digits``, ``size``×``size`` RGB)
+    under a VQ tokenizer (registry name or path)."""
     from mgen.tokenizers.digits import digits_images
     from mgen.tokenizers.vq import VQTokenizer
 
-    tok = VQTokenizer.from_pretrained(tokenizer_name)
-    images, labels = digits_images(split, size=_tokenizer_image_size(tok))
+    tok = VQTokenizer.from_pretrained(tokenizer_name).eval()
+    images, labels = digits_images(split, size=size or _tokenizer_image_size(tok))
     with torch.no_grad():
         codes = torch.cat([tok.encode(images[i:i + 256]) for i in range(0, len(images), 256)])
     return codes.long(), labels.long(), tok
@@ -427,8 +428,8 @@ def _build(entry: Any, out_dir: str | None = None, max_steps: int | None = None,
 
     if not entry.tokenizer:
         raise UserError(f"{entry.name}: the config names no tokenizer to encode training images with")
-    codes, labels, tok = encode_digits(entry.tokenizer)
     cfg = MaskGITConfig.from_mapping(entry.arch, where=entry.path)
+    codes, labels, tok = encode_digits(entry.tokenizer, size=cfg.img_size)
     if tuple(codes.shape[1:]) != (cfg.grid_size, cfg.grid_size):
         raise UserError(f"{entry.name}: tokenizer {entry.tokenizer} gives {tuple(codes.shape[1:])} codes, arch says grid_size {cfg.grid_size}")
     torch.manual_seed(seed if seed is not None else int(entry.train.get("seed", 0)))
