@@ -1,9 +1,10 @@
-"""Train and ship a digits tokenizer: ``python recipes/tokenizer_digits.py kl-digits|vq-digits [--out DIR]``.
+"""Train and ship a digits tokenizer: ``python recipes/tokenizer_digits.py kl-digits|vq-digits|rae-digits [--out DIR]``.
 
 1. ``mgen train --config configs/<name>.yaml`` (the shared trainer; resumes from ``--out`` if present);
 2. takes the EMA weights, measures reconstruction PSNR on the held-out digits split
    (:func:`mgen.tokenizers.digits.digits_images`, never seen in training), and for continuous
-   tokenizers sets ``scaling_factor = 1 / std`` of the training latents (LDM §4.3.2 / appendix: unit-variance latents);
+   KL tokenizer sets ``scaling_factor = 1 / std`` of the training latents (LDM §4.3.2: unit-variance latents;
+   the RAE's latents are already normalised per position);
 3. writes ``mgen/weights/<name>.safetensors`` (self-describing: config in its metadata) and
    ``mgen/weights/<name>.json`` (the measured numbers).
 
@@ -22,7 +23,7 @@ import torch
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("name", choices=["kl-digits", "vq-digits"])
+    ap.add_argument("name", choices=["kl-digits", "vq-digits", "rae-digits"])
     ap.add_argument("--out", default=None)
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
@@ -47,7 +48,12 @@ def main() -> None:
     info: dict = {"name": args.name, "steps": trainer.step, "train_seconds_this_run": round(seconds, 1),
                   "threads": args.threads}
     with torch.no_grad():
-        if args.name == "kl-digits":
+        if args.name == "rae-digits":
+            z = model.encode(x_test)
+            rec = model.decode(z)
+            info["latent_shape"] = list(z.shape[1:])
+            info["noise_tau"] = model.noise_tau
+        elif args.name == "kl-digits":
             z = model.encode(x_train)
             model.scaling_factor = float(1.0 / z.flatten().std())
             rec = model.decode(model.encode(x_test))

@@ -1,0 +1,538 @@
+"""Representation autoencoder (RAE) as an mgen tokenizer.
+
+Paper: Zheng, Xie et al., "Diffusion Transformers with Representation Autoencoders" (2025). A frozen,
+pretrained representation encoder (DINOv2-with-registers, SigLIP2, MAE, ...) maps an image to patch
+tokens; those tokens (class/register tokens dropped) are the latents. The encoder's final LayerNorm is
+used without its affine parameters (§3, as in the official code and diffusers' ``AutoencoderRAE``).
+Latents are normalised with dataset statistics (per position: mean and variance of shape (C, h, w)).
+A ViT decoder (MAE-style: linear embed, a learnable [CLS] token, fixed 2-D sin-cos positions,
+transformer blocks, LayerNorm, linear patch head) is trained to map *noise-augmented* latents back to
+pixels: z̃ = z + σ·ε with σ ~ U(0, τ) per sample, τ = 0.8 (§3.2, "noise-augmented decoding"), with an L1
+loss plus optional LPIPS (and GAN, not implemented here). Encoder inputs are resized to the encoder's
+input size (RAE feeds 224×224 to the 14-patch DINOv2 for 256×256 images: 16×16 tokens) and normalised
+with the encoder's image mean/std; the decoder's patch size sets the output resolution.
+
+The decoder's blocks are :class:`mgen.nn.ViTBlock` (one attention function for every model);
+diffusers ``AutoencoderRAE`` folders load after a key mapping (:func:`_diffusers_decoder_to_mgen`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import partial
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mgen.errors import UserError, WeightsError
+from mgen.tokenizers.kl import check_images, check_latents
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+RAE_NOISE_TAU = 0.8  # Zheng et al. 2025, §3.2
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+# -- the frozen encoder -----------------------------------------------------------------------------
+
+def _final_norm(model: nn.Module) -> nn.Module | None:
+    for path in ("layernorm", "post_layernorm", "vision_model.post_layernorm"):
+        m = model
+        for part in path.split("."):
+            m = getattr(m, part, None)
+            if m is None:
+                break
+        if isinstance(m, nn.LayerNorm):
+            return m
+    return None
+
+
+def strip_final_norm_affine(model: nn.Module) -> None:
+    """Drop the affine parameters of the encoder's final LayerNorm (RAE uses the plain normalised tokens)."""
+    norm = _final_norm(model)
+    if norm is not None:
+        norm.weight, norm.bias = None, None
+        norm.elementwise_affine = False
+
+
+def _patch_size(config: Any) -> int:
+    cfg = getattr(config, "vision_config", None) or config
+    p = getattr(cfg, "patch_size", None)
+    if p is None:
+        raise UserError(f"encoder config {type(config).__name__} has no patch_size")
+    return int(p if isinstance(p, int) else p[0])
+
+
+def encoder_from_config(config: dict[str, Any]) -> nn.Module:
+    """A transformers vision model (random weights) from its ``config.to_dict()``."""
+    from transformers import AutoConfig, AutoModel
+
+    cfg = dict(config)
+    model_type = cfg.pop("model_type", None)
+    if model_type is None:
+        raise WeightsError("encoder config has no model_type")
+    conf = AutoConfig.for_model(model_type, **cfg)
+    if model_type == "vit_mae":
+        conf.mask_ratio = 0.0
+    model = AutoModel.from_config(conf)
+    return getattr(model, "vision_model", None) if model_type in ("siglip", "siglip2") else model
+
+
+def load_encoder(folder: str | Path) -> nn.Module:
+    """A pretrained transformers vision backbone from a local folder (never downloads)."""
+    from transformers import AutoModel
+
+    folder = Path(folder)
+    if not (folder / CONFIG_NAME).is_file():
+        raise WeightsError(f"{folder}: not a transformers model folder (no config.json)")
+    try:
+        model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise WeightsError(f"{folder}: could not load the encoder ({str(e).splitlines()[0]})") from None
+    if model.config.model_type in ("siglip", "siglip2") and hasattr(model, "vision_model"):
+        model = model.vision_model
+    if getattr(model.config, "model_type", "") == "vit_mae":
+        model.config.mask_ratio = 0.0
+    return model
+
+
+def encoder_tokens(encoder: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Patch tokens (B, N, C) of a transformers vision model, with leading [CLS]/register tokens dropped."""
+    cfg = encoder.config
+    p = _patch_size(cfg)
+    h, w = pixel_values.shape[-2:]
+    n = (h // p) * (w // p)
+    kwargs: dict[str, Any] = {}
+    if cfg.model_type == "vit_mae":
+        # MAE shuffles patches by `noise`; an increasing ramp keeps their order (and mask_ratio is 0).
+        kwargs["noise"] = torch.arange(n, device=pixel_values.device, dtype=pixel_values.dtype).expand(pixel_values.shape[0], n)
+    if h != getattr(cfg, "image_size", h):
+        kwargs["interpolate_pos_encoding"] = True
+    out = encoder(pixel_values=pixel_values, **kwargs).last_hidden_state
+    if out.shape[1] < n:
+        raise UserError(f"encoder returned {out.shape[1]} tokens for {n} patches")
+    return out[:, out.shape[1] - n:]
+
+
+# -- the trainable decoder --------------------------------------------------------------------------
+
+def _sincos_2d_scaled(dim: int, grid: int, scale: float) -> torch.Tensor:
+    """MAE's fixed 2-D sin-cos table (a zero row for [CLS] first) at positions ``scale·(0 … grid-1)``.
+
+    ``scale`` = 1 is MAE / the official RAE decoder; diffusers' ``AutoencoderRAE`` uses
+    ``get_2d_sincos_pos_embed(base_size=16)``, i.e. ``scale = 16 / grid`` (the same table when grid = 16).
+    """
+    from mgen.nn import sincos_2d
+    from mgen.nn.embeddings import sincos_1d
+
+    if scale == 1.0:
+        return sincos_2d(dim, grid, extra_tokens=1)
+    pos = torch.arange(grid, dtype=torch.float64) * scale
+    rows, cols = pos[:, None].expand(grid, grid), pos[None, :].expand(grid, grid)
+    emb = torch.cat([sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)], dim=1)
+    return torch.cat([torch.zeros(1, dim, dtype=emb.dtype), emb]).float()
+
+
+class RAEDecoder(nn.Module):
+    """MAE-style ViT decoder: tokens (B, N, C) → pixels (B, 3, g·p, g·p) in the encoder's normalised space."""
+
+    def __init__(self, latent_dim: int, grid: int, patch_size: int, hidden_size: int = 512, depth: int = 8,
+                 num_heads: int = 16, mlp_ratio: float = 4.0, out_channels: int = 3, layer_norm_eps: float = 1e-12,
+                 pos_scale: float = 1.0) -> None:
+        super().__init__()
+        from mgen.nn import ViTBlock
+
+        self.grid, self.patch_size, self.out_channels = int(grid), int(patch_size), int(out_channels)
+        self.embed = nn.Linear(latent_dim, hidden_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
+        self.register_buffer("pos_embed", _sincos_2d_scaled(hidden_size, self.grid, pos_scale)[None], persistent=False)
+        norm = partial(nn.LayerNorm, eps=layer_norm_eps)
+        self.blocks = nn.ModuleList(ViTBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=norm)
+                                    for _ in range(depth))
+        self.norm = norm(hidden_size)
+        self.pred = nn.Linear(hidden_size, self.patch_size ** 2 * self.out_channels)
+        nn.init.normal_(self.cls_token, std=0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        x = x + self.pos_embed.to(x.dtype)
+        for block in self.blocks:
+            x = block(x)
+        x = self.pred(self.norm(x))[:, 1:]
+        b, g, p, c = x.shape[0], self.grid, self.patch_size, self.out_channels
+        x = x.reshape(b, g, g, p, p, c)  # patches are (row, col, c) ordered, as MAE's unpatchify
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(b, c, g * p, g * p)
+
+
+# -- the tokenizer ----------------------------------------------------------------------------------
+
+class RAETokenizer(nn.Module):
+    """Continuous tokenizer: images in [-1, 1] ↔ normalised representation-encoder patch tokens (B, C, h, w).
+
+    ``encode(x)`` returns the normalised tokens (deterministic: the posterior is a point), ``decode(z)``
+    maps them back to images in [-1, 1]; ``scaling_factor`` is 1 (the statistics already normalise).
+    """
+
+    def __init__(self, encoder: nn.Module, decoder_config: dict[str, Any], encoder_input_size: int | None = None,
+                 image_mean: Sequence[float] = IMAGENET_MEAN, image_std: Sequence[float] = IMAGENET_STD,
+                 latents_mean: torch.Tensor | None = None, latents_var: torch.Tensor | None = None,
+                 noise_tau: float = RAE_NOISE_TAU, strip_norm_affine: bool = True, scaling_factor: float = 1.0) -> None:
+        super().__init__()
+        self.encoder = encoder.eval().requires_grad_(False)
+        if strip_norm_affine:
+            strip_final_norm_affine(self.encoder)
+        self.strip_norm_affine = bool(strip_norm_affine)
+        cfg = encoder.config
+        self.encoder_patch = _patch_size(cfg)
+        size = encoder_input_size or getattr(getattr(cfg, "vision_config", cfg), "image_size", 224)
+        self.encoder_input_size = int(size if isinstance(size, int) else size[0])
+        if self.encoder_input_size % self.encoder_patch:
+            raise UserError(f"encoder input size {self.encoder_input_size} is not a multiple of its patch size {self.encoder_patch}")
+        self.grid = self.encoder_input_size // self.encoder_patch
+        self.latent_dim = int(getattr(cfg, "hidden_size"))
+        dc = {"hidden_size": 512, "depth": 8, "num_heads": 16, "mlp_ratio": 4.0, "patch_size": 16, "layer_norm_eps": 1e-12,
+              "pos_scale": 1.0, **decoder_config}
+        self.decoder_config = dc
+        self.decoder = RAEDecoder(self.latent_dim, self.grid, int(dc["patch_size"]), int(dc["hidden_size"]), int(dc["depth"]),
+                                  int(dc["num_heads"]), float(dc["mlp_ratio"]), 3, float(dc["layer_norm_eps"]),
+                                  float(dc["pos_scale"]))
+        self.image_size = self.grid * int(dc["patch_size"])
+        self.register_buffer("image_mean", torch.tensor(list(image_mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("image_std", torch.tensor(list(image_std), dtype=torch.float32).view(1, -1, 1, 1))
+        shape = (self.latent_dim, self.grid, self.grid)
+        self.register_buffer("latents_mean", torch.zeros(shape) if latents_mean is None else latents_mean.float().expand(shape).clone())
+        self.register_buffer("latents_var", torch.ones(shape) if latents_var is None else latents_var.float().expand(shape).clone())
+        self.noise_tau = float(noise_tau)
+        self.scaling_factor = float(scaling_factor)
+
+    def train(self, mode: bool = True) -> "RAETokenizer":
+        super().train(mode)
+        self.encoder.eval()  # frozen: always in inference mode
+        return self
+
+    @property
+    def stride(self) -> int:
+        return int(self.decoder.patch_size)
+
+    # -- construction ---------------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        return {"_class_name": "RAETokenizer", "encoder_config": self.encoder.config.to_dict(),
+                "decoder": self.decoder_config, "encoder_input_size": self.encoder_input_size,
+                "image_mean": self.image_mean.flatten().tolist(), "image_std": self.image_std.flatten().tolist(),
+                "noise_tau": self.noise_tau, "strip_norm_affine": self.strip_norm_affine,
+                "scaling_factor": self.scaling_factor}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "RAETokenizer":
+        enc_cfg = dict(config["encoder_config"])
+        encoder = encoder_from_config(enc_cfg)
+        return cls(encoder, dict(config.get("decoder", {})), config.get("encoder_input_size"),
+                   config.get("image_mean", IMAGENET_MEAN), config.get("image_std", IMAGENET_STD),
+                   noise_tau=float(config.get("noise_tau", RAE_NOISE_TAU)),
+                   strip_norm_affine=bool(config.get("strip_norm_affine", True)),
+                   scaling_factor=float(config.get("scaling_factor", 1.0)))
+
+    @classmethod
+    def from_encoder(cls, encoder_folder: str | Path, decoder_config: dict[str, Any], **kwargs: Any) -> "RAETokenizer":
+        """A new RAE (untrained decoder, identity statistics) on a pretrained encoder folder."""
+        return cls(load_encoder(encoder_folder), decoder_config, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path_or_name: str | Path) -> "RAETokenizer":
+        """An mgen RAE folder or single ``.safetensors`` file, a diffusers ``AutoencoderRAE`` folder, or a
+        registered name (``rae-digits``)."""
+        from mgen import hub
+
+        p = Path(path_or_name).expanduser()
+        if not p.exists():
+            resolved = hub.resolve(str(path_or_name), what="tokenizer weights")
+            if resolved.entry is not None and resolved.entry.family != "rae":
+                raise UserError(f"{resolved.entry.name} is a {resolved.entry.family!r} model, not an RAE tokenizer")
+            p = resolved.path
+        if p.is_dir():
+            cfg_path = p / CONFIG_NAME
+            if not cfg_path.is_file():
+                raise WeightsError(f"{p}: no {CONFIG_NAME}")
+            try:
+                config = json.loads(cfg_path.read_text())
+            except json.JSONDecodeError as e:
+                raise WeightsError(f"{cfg_path}: not valid JSON ({e})") from None
+            if config.get("_class_name") == "AutoencoderRAE":
+                return cls._from_diffusers(p)
+            if config.get("_class_name") != "RAETokenizer":
+                raise WeightsError(f"{p}: holds a {config.get('_class_name')}, not an RAE")
+            return cls._build(config, p / WEIGHTS_NAME)
+        if p.suffix != ".safetensors":
+            raise WeightsError(f"{p}: expected an RAE folder or an mgen .safetensors file")
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(p), "pt") as f:
+                meta = f.metadata() or {}
+        except (SafetensorError, OSError) as e:
+            raise WeightsError(f"{p}: corrupt or truncated safetensors file ({e})") from None
+        if "config" not in meta:
+            raise WeightsError(f"{p}: no RAE config in the file's metadata")
+        return cls._build(json.loads(meta["config"]), p)
+
+    @classmethod
+    def _build(cls, config: dict[str, Any], weights: Path) -> "RAETokenizer":
+        from mgen.hub import load_checkpoint
+
+        tok = cls.from_config(config)
+        sd = load_checkpoint(weights)
+        own = tok.state_dict()
+        missing = [k for k in own if k not in sd]
+        unexpected = [k for k in sd if k not in own]
+        if missing or unexpected:
+            raise WeightsError(f"{weights}: weights do not match the RAE config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        for k, v in sd.items():
+            if own[k].shape != v.shape:
+                raise WeightsError(f"{weights}: {k} has shape {tuple(v.shape)}, the config expects {tuple(own[k].shape)}")
+            if v.is_floating_point() and not torch.isfinite(v).all():
+                raise WeightsError(f"{weights}: parameter {k} contains NaN or infinite values")
+        tok.load_state_dict(sd)
+        return tok.eval()
+
+    @classmethod
+    def _from_diffusers(cls, folder: Path) -> "RAETokenizer":
+        from diffusers import AutoencoderRAE
+
+        try:
+            ref = AutoencoderRAE.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise WeightsError(f"{folder}: could not load the AutoencoderRAE folder ({str(e).splitlines()[0]})") from None
+        c = ref.config
+        dec = ref.decoder
+        heads = dec.decoder_layers[0].attention.heads if len(dec.decoder_layers) else 1
+        hidden = dec.decoder_hidden_size
+        inter = dec.decoder_layers[0].intermediate.dense.out_features if len(dec.decoder_layers) else 4 * hidden
+        decoder_config = {"hidden_size": hidden, "depth": len(dec.decoder_layers), "num_heads": heads,
+                          "mlp_ratio": inter / hidden, "patch_size": dec.patch_size,
+                          "layer_norm_eps": dec.decoder_norm.eps,
+                          "pos_scale": 16.0 / math.isqrt(dec.num_patches)}  # diffusers' base_size=16
+        tok = cls(ref.encoder, decoder_config, c.encoder_input_size, ref.encoder_mean.flatten().tolist(),
+                  ref.encoder_std.flatten().tolist(), noise_tau=c.noise_tau, strip_norm_affine=False,
+                  scaling_factor=float(c.scaling_factor))
+        tok.strip_norm_affine = True  # diffusers already built the encoder without the final affine
+        tok.decoder.load_state_dict(_diffusers_decoder_to_mgen(dec.state_dict()))
+        shape = tuple(tok.latents_mean.shape)
+        # diffusers normalises (z - mean) / (std + 1e-5); mgen stores the variance: var = std².
+        tok.latents_mean.copy_(_broadcast_stat(ref._latents_mean, shape))
+        tok.latents_var.copy_(_broadcast_stat(ref._latents_std, shape) ** 2)
+        return tok.eval()
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """``config.json`` + ``model.safetensors`` (encoder, decoder and latent statistics)."""
+        from mgen.hub import save_safetensors
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = self.config_dict()
+        save_safetensors(self.state_dict(), d / WEIGHTS_NAME, metadata={"config": json.dumps(cfg), "format": "pt"})
+        tmp = d / (CONFIG_NAME + ".tmp")
+        tmp.write_text(json.dumps(cfg, indent=2))
+        tmp.replace(d / CONFIG_NAME)
+
+    def save_file(self, path: str | Path) -> None:
+        from mgen.hub import save_safetensors
+
+        save_safetensors(self.state_dict(), path, metadata={"config": json.dumps(self.config_dict()), "format": "pt"})
+
+    # -- encode / decode ------------------------------------------------------------------------
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] images → the encoder's input: [0, 1], resized (bicubic) to its input size, mean/std-normalised."""
+        x = (x + 1) / 2
+        if x.shape[-2:] != (self.encoder_input_size, self.encoder_input_size):
+            x = F.interpolate(x, size=(self.encoder_input_size,) * 2, mode="bicubic", align_corners=False)
+        return (x - self.image_mean.to(x.dtype)) / self.image_std.to(x.dtype)
+
+    @torch.no_grad()
+    def raw_latents(self, x: torch.Tensor) -> torch.Tensor:
+        """Un-normalised encoder patch tokens as a (B, C, h, w) grid."""
+        x = check_images(x, 3, 1)
+        tokens = encoder_tokens(self.encoder, self.encoder_input(x.float()))
+        b, n, c = tokens.shape
+        return tokens.transpose(1, 2).reshape(b, c, self.grid, self.grid)
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.latents_mean) / (self.latents_var.sqrt() + 1e-5)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z * (self.latents_var.sqrt() + 1e-5) + self.latents_mean
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] (B, 3, H, W) → normalised latents (B, C, h, w)."""
+        return self.normalize(self.raw_latents(x))
+
+    def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
+        """Normalised latents → images in [-1, 1] (not clamped)."""
+        tokens = self.denormalize(z).flatten(2).transpose(1, 2)
+        img = self.decoder(tokens) * self.image_std + self.image_mean  # back to [0, 1]
+        return img * 2 - 1
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        z = check_latents(z, self.latent_dim)
+        if tuple(z.shape[2:]) != (self.grid, self.grid):
+            raise UserError(f"latents: expected a {self.grid}x{self.grid} grid, got {tuple(z.shape[2:])}")
+        return self.decode_raw(z).clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def compute_stats(self, images: torch.Tensor, batch_size: int = 256) -> None:
+        """Per-position mean and variance of the raw latents over ``images`` (the normalisation statistics)."""
+        zs = torch.cat([self.raw_latents(images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)])
+        self.latents_mean.copy_(zs.mean(0))
+        self.latents_var.copy_(zs.var(0, unbiased=False))
+
+    def noisy_latents(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Noise-augmented raw latents z + σ·ε, σ ~ U(0, τ) per sample (RAE §3.2), then normalised."""
+        z = self.raw_latents(x)
+        dev = generator.device
+        sigma = self.noise_tau * torch.rand((z.shape[0], 1, 1, 1), generator=generator, device=dev)
+        eps = torch.randn(z.shape, generator=generator, device=dev)
+        return self.normalize(z + (sigma * eps).to(z.device, z.dtype))
+
+
+def _broadcast_stat(t: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """A latent statistic stored as a scalar, per channel (C,) / (C, 1, 1), or per position (C, h, w)."""
+    t = t.detach().float()
+    if t.numel() == 1:
+        return t.reshape(1, 1, 1).expand(shape)
+    if t.numel() == shape[0]:
+        return t.reshape(shape[0], 1, 1).expand(shape)
+    if t.numel() == shape[0] * shape[1] * shape[2]:
+        return t.reshape(shape)
+    raise WeightsError(f"latent statistics of shape {tuple(t.shape)} do not fit latents of shape {shape}")
+
+
+def _diffusers_decoder_to_mgen(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers ``RAEDecoder`` names (ViT-MAE layers) → :class:`RAEDecoder` names (timm-style ViTBlocks)."""
+    out: dict[str, torch.Tensor] = {}
+    simple = {"decoder_embed": "embed", "decoder_norm": "norm", "decoder_pred": "pred"}
+    layers: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in sd.items():
+        if k == "trainable_cls_token":
+            out["cls_token"] = v
+        elif k.split(".")[0] in simple:
+            out[simple[k.split(".")[0]] + k[k.index("."):]] = v
+        elif k.startswith("decoder_layers."):
+            _, i, rest = k.split(".", 2)
+            layers.setdefault(int(i), {})[rest] = v
+        elif k == "decoder_pos_embed":
+            continue
+        else:
+            raise WeightsError(f"AutoencoderRAE decoder: unknown parameter {k}")
+    names = {"layernorm_before": "norm1", "layernorm_after": "norm2", "intermediate.dense": "mlp.fc1",
+             "output.dense": "mlp.fc2", "attention.to_out.0": "attn.proj"}
+    for i, p in layers.items():
+        for param in ("weight", "bias"):
+            out[f"blocks.{i}.attn.qkv.{param}"] = torch.cat([p[f"attention.to_{n}.{param}"] for n in "qkv"])
+            for src, dst in names.items():
+                out[f"blocks.{i}.{dst}.{param}"] = p[f"{src}.{param}"]
+    return out
+
+
+# -- training ---------------------------------------------------------------------------------------
+
+class RAETrainTask:
+    """Decoder training on noise-augmented latents: L1(x, D(z̃)) (+ optional LPIPS), encoder frozen."""
+
+    def __init__(self, model: RAETokenizer, perceptual: nn.Module | None = None, perceptual_weight: float = 0.0,
+                 preview: torch.Tensor | None = None) -> None:
+        self.model, self.perceptual, self.perceptual_weight = model, perceptual, float(perceptual_weight)
+        self.preview = preview
+
+    def loss(self, model: nn.Module, batch: Sequence[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        x = batch[0]
+        rec = model.decode_raw(model.noisy_latents(x, generator))
+        loss = (rec.float() - x.float()).abs().mean()
+        if self.perceptual is not None and self.perceptual_weight > 0:
+            loss = loss + self.perceptual_weight * self.perceptual(rec.float(), x.float()).mean()
+        return loss
+
+    @torch.no_grad()
+    def sample_grid(self, model: nn.Module, generator: torch.Generator) -> torch.Tensor:
+        x = self.preview.to(next(model.parameters()).device)
+        rec = model.decode(model.encode(x))
+        return torch.stack([x, rec], dim=1).reshape(-1, *x.shape[1:]).float().cpu()
+
+
+class MAEPretrainTask:
+    """Masked-autoencoder pretraining of the digits encoder (He et al., "Masked Autoencoders Are Scalable
+    Vision Learners", CVPR 2022): transformers' ``ViTMAEForPreTraining`` loss (MSE on masked patches), with
+    the masking noise drawn from the step's generator."""
+
+    def __init__(self, model: nn.Module, image_mean: Sequence[float], image_std: Sequence[float]) -> None:
+        self.model = model
+        self.mean = torch.tensor(list(image_mean)).view(1, -1, 1, 1)
+        self.std = torch.tensor(list(image_std)).view(1, -1, 1, 1)
+
+    def loss(self, model: nn.Module, batch: Sequence[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        x = (batch[0] + 1) / 2
+        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        n = (x.shape[-1] // _patch_size(model.config)) ** 2
+        noise = torch.rand((x.shape[0], n), generator=generator, device=generator.device).to(x.device)
+        return model(pixel_values=x, noise=noise).loss
+
+
+def _register() -> None:
+    from mgen.train.tasks import register
+
+    @register("rae")
+    def build(entry, out_dir=None, max_steps=None, batch_size=None, seed=None):
+        from mgen.tokenizers.digits import digits_images
+        from mgen.tokenizers.kl import _train_settings
+        from mgen.train.trainer import TrainConfig, Trainer
+
+        own, rest = _train_settings(entry)
+        out = Path(out_dir or f"runs/{entry.name}")
+        cfg = TrainConfig.from_mapping(rest, out_dir=str(out), max_steps=max_steps, batch_size=batch_size, seed=seed)
+        arch = dict(entry.arch)
+        size = int(own.get("image_size", 16))
+        x_train, _ = digits_images("train", size=size)
+        x_test, _ = digits_images("test", size=size)
+        mean, std = arch.get("image_mean", [0.5, 0.5, 0.5]), arch.get("image_std", [0.5, 0.5, 0.5])
+        if own.get("encoder"):
+            encoder = load_encoder(own["encoder"])
+        else:  # stage 1: pretrain a ViT-MAE on the training split (resumable, under OUT/encoder)
+            encoder = _pretrain_mae(arch, own, cfg, x_train, out / "encoder", mean, std)
+        torch.manual_seed(cfg.seed)
+        model = RAETokenizer(encoder, dict(arch.get("decoder", {})), arch.get("encoder_input_size"), mean, std,
+                             noise_tau=float(own.get("noise_tau", RAE_NOISE_TAU)))
+        model.compute_stats(x_train[: int(own.get("stats_samples", x_train.shape[0]))])
+        perceptual = None
+        if own.get("perceptual_weights"):
+            from mgen.tokenizers.lpips import LPIPS
+
+            perceptual = LPIPS.from_file(own["perceptual_weights"])
+        task = RAETrainTask(model, perceptual, float(own.get("perceptual_weight", 0.0)), preview=x_test[:16])
+        return Trainer(task, (x_train,), cfg)
+
+
+def _pretrain_mae(arch: dict[str, Any], own: dict[str, Any], cfg: Any, x_train: torch.Tensor, out: Path,
+                  mean: Sequence[float], std: Sequence[float]) -> nn.Module:
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    from mgen.train.trainer import TrainConfig, Trainer
+
+    enc = dict(arch.get("encoder", {}))
+    enc.setdefault("mask_ratio", float(own.get("mae_mask_ratio", 0.75)))
+    torch.manual_seed(cfg.seed)
+    mae = ViTMAEForPreTraining(ViTMAEConfig(**enc))
+    mae_cfg = TrainConfig(out_dir=str(out), max_steps=int(own.get("mae_steps", 2000)), batch_size=cfg.batch_size,
+                          lr=float(own.get("mae_lr", 1e-3)), betas=(0.9, 0.95), weight_decay=0.05, warmup_steps=100,
+                          lr_schedule="cosine", min_lr=1e-5, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+                          seed=cfg.seed, progress=cfg.progress, mixed_precision=cfg.mixed_precision)
+    trainer = Trainer(MAEPretrainTask(mae, mean, std), (x_train,), mae_cfg)
+    trainer.train(resume=True)
+    encoder = trainer.unwrapped.vit
+    encoder.config.mask_ratio = 0.0
+    return encoder
+
+
+_register()
