@@ -18,7 +18,7 @@ on all latent channels (or the first ``guidance_channels``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -61,12 +61,15 @@ def interpolate(x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.
 
 def flow_matching_loss(model: Callable[..., torch.Tensor], x: torch.Tensor, y: torch.Tensor | None,
                        generator: torch.Generator, distribution: str = "logit-normal", shift: float = 1.0,
-                       mu: float = 0.0, sigma: float = 1.0, **model_kwargs: Any) -> torch.Tensor:
-    """E‖v_θ(x_t, t, y) − (ε − x)‖² (conditional flow matching, Lipman et al. 2023 Eq. 23)."""
+                       mu: float = 0.0, sigma: float = 1.0, label_dropout_generator: bool = False) -> torch.Tensor:
+    """E‖v_θ(x_t, t, y) − (ε − x)‖² (conditional flow matching, Lipman et al. 2023 Eq. 23).
+
+    ``label_dropout_generator``: pass ``generator`` on to the model (mgen transformers draw their
+    classifier-free-guidance label dropout from it)."""
     t = sample_time(x.shape[0], generator, distribution, mu, sigma, shift, device=x.device)
     noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
     xt = interpolate(x, noise, t)
-    pred = model(xt, t, y, **model_kwargs)
+    pred = model(xt, t, y, generator=generator) if label_dropout_generator else model(xt, t, y)
     return ((pred.float() - (noise - x).float()) ** 2).mean()
 
 

@@ -344,7 +344,7 @@ class FlowTrainTask:
 
         x, y = batch
         return flow_matching_loss(model, x, y, generator, self.distribution, self.shift, self.mu, self.sigma,
-                                  generator=generator)
+                                  label_dropout_generator=True)
 
     @torch.no_grad()
     def sample_grid(self, model: nn.Module, generator: torch.Generator) -> torch.Tensor:

@@ -7,6 +7,7 @@ num_inference_steps, output_type, return_dict``); guidance is the official DiT `
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Sequence
 
@@ -78,6 +79,10 @@ class DiTPipeline(DiffusionPipeline):
         pipe = cls(transformer.eval(), vae.eval(), sampler)
         return pipe.to(device)
 
+    def run_sampler(self, sampler: Any, class_labels: Any, generator: torch.Generator | None,
+                    latents: torch.Tensor | None) -> torch.Tensor:
+        return sampler.sample(self.transformer, class_labels, generator=generator, latents=latents)
+
     def to(self, *args: Any, **kwargs: Any) -> "DiTPipeline":
         """Move the transformer and the VAE (``pipe.to("cuda")``, ``pipe.to(dtype=torch.bfloat16)``)."""
         for module in (self.transformer, self.vae):
@@ -106,12 +111,10 @@ class DiTPipeline(DiffusionPipeline):
             raise UserError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}; got {output_type!r}")
         if isinstance(generator, (list, tuple)):
             raise UserError("pass one torch.Generator; mgen derives one stream per sample from it")
-        s = self.sampler
-        sampler = DDPMSampler(**{**s.__dict__,
-                                 **{k: v for k, v in dict(guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
-                                                          method=method).items() if v is not None}})
+        overrides = dict(guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, method=method)
+        sampler = dataclasses.replace(self.sampler, **{k: v for k, v in overrides.items() if v is not None})
         sampler.validate()
-        lat = sampler.sample(self.transformer, class_labels, generator=generator, latents=latents)
+        lat = self.run_sampler(sampler, class_labels, generator, latents)
         if output_type == "latent":
             images: Any = lat
         else:
