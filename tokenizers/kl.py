@@ -356,7 +356,7 @@ class KLTrainTask:
         kl = 0.5 * (mean.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float()).sum(dim=(1, 2, 3)).mean()
         loss = loss + self.kl_weight * kl
         if self.perceptual is not None and self.perceptual_weight > 0:
-            loss = loss + self.perceptual_weight * self.perceptual(rec.float(), x.float()).mean()
+            loss = loss + self.perceptual_weight * self.perceptual.to(x.device)(rec.float(), x.float()).mean()
         return loss
 
     @torch.no_grad()

@@ -452,7 +452,7 @@ class RAETrainTask:
         rec = model.decode_raw(model.noisy_latents(x, generator))
         loss = (rec.float() - x.float()).abs().mean()
         if self.perceptual is not None and self.perceptual_weight > 0:
-            loss = loss + self.perceptual_weight * self.perceptual(rec.float(), x.float()).mean()
+            loss = loss + self.perceptual_weight * self.perceptual.to(x.device)(rec.float(), x.float()).mean()
         return loss
 
     @torch.no_grad()

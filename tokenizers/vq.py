@@ -423,7 +423,7 @@ class VQTrainTask:
         err = rec.float() - x.float()
         loss = (err.abs().mean() if self.recon == "l1" else err.pow(2).mean()) + vq_loss.float()
         if self.perceptual is not None and self.perceptual_weight > 0:
-            loss = loss + self.perceptual_weight * self.perceptual(rec.float(), x.float()).mean()
+            loss = loss + self.perceptual_weight * self.perceptual.to(x.device)(rec.float(), x.float()).mean()
         return loss
 
     @torch.no_grad()
