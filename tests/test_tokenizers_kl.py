@@ -140,3 +140,20 @@ def test_bad_inputs(tmp_path):
     torch.save({"model": sd}, tmp_path / "nan.ckpt")
     with pytest.raises(WeightsError, match="NaN"):
         KLTokenizer.from_pretrained(tmp_path / "nan.ckpt")
+
+
+def test_registered_name_resolves_official_file(tmp_path, monkeypatch):
+    # `KLTokenizer.from_pretrained("kl16")` finds $MGEN_HOME/kl16/kl16.ckpt and uses MAR's scaling 0.2325
+    from mgen.cli import main
+
+    monkeypatch.setenv("MGEN_HOME", str(tmp_path))
+    with pytest.raises(WeightsError, match="kl16.ckpt"):
+        KLTokenizer.from_pretrained("kl16")
+    (tmp_path / "kl16").mkdir()
+    sd = ldm_state_dict(32, (1, 2), 1, 4, (), torch.Generator().manual_seed(0))
+    torch.save({"model": sd}, tmp_path / "kl16" / "kl16.ckpt")
+    tok = KLTokenizer.from_pretrained("kl16")
+    assert tok.scaling_factor == pytest.approx(0.2325)
+    with pytest.raises(UserError, match="not a KL"):
+        KLTokenizer.from_pretrained("maskgit-vqgan")
+    assert main(["convert", "kl16", str(tmp_path / "missing.ckpt"), str(tmp_path / "o")]) == 2

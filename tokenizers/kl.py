@@ -60,6 +60,16 @@ def check_latents(z: Any, channels: int, what: str = "latents") -> torch.Tensor:
     return z
 
 
+def _check_family(name: str, family: str, what: str) -> None:
+    """A registered name must belong to the tokenizer family that loads it (checked before weights are looked for)."""
+    from mgen import registry
+
+    if any(e.name == name for e in registry.list_models()):
+        entry = registry.get(name)
+        if entry.family != family:
+            raise UserError(f"{name} is a {entry.family!r} model, not {what}")
+
+
 def arch_from_mapping(arch: dict[str, Any]) -> dict[str, Any]:
     """A diffusers ``AutoencoderKL`` config from a YAML ``arch`` mapping.
 
@@ -144,10 +154,9 @@ class KLTokenizer(nn.Module):
         entry = None
         p = Path(path_or_name).expanduser()
         if not p.exists():
+            _check_family(str(path_or_name), "kl", "a KL tokenizer")
             resolved = hub.resolve(str(path_or_name), what="tokenizer weights")
             entry, p = resolved.entry, resolved.path
-            if entry is not None and entry.family != "kl":
-                raise UserError(f"{entry.name} is a {entry.family!r} model, not a KL tokenizer")
         if scaling_factor is None and entry is not None and "scaling_factor" in entry.arch:
             scaling_factor = float(entry.arch["scaling_factor"])
         if p.is_dir():

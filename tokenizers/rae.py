@@ -250,10 +250,10 @@ class RAETokenizer(nn.Module):
 
         p = Path(path_or_name).expanduser()
         if not p.exists():
-            resolved = hub.resolve(str(path_or_name), what="tokenizer weights")
-            if resolved.entry is not None and resolved.entry.family != "rae":
-                raise UserError(f"{resolved.entry.name} is a {resolved.entry.family!r} model, not an RAE tokenizer")
-            p = resolved.path
+            from mgen.tokenizers.kl import _check_family
+
+            _check_family(str(path_or_name), "rae", "an RAE tokenizer")
+            p = hub.resolve(str(path_or_name), what="tokenizer weights").path
         if p.is_dir():
             cfg_path = p / CONFIG_NAME
             if not cfg_path.is_file():

@@ -184,10 +184,10 @@ class VQTokenizer(nn.Module):
 
         p = Path(path_or_name).expanduser()
         if not p.exists():
-            resolved = hub.resolve(str(path_or_name), what="tokenizer weights")
-            if resolved.entry is not None and resolved.entry.family != "vq":
-                raise UserError(f"{resolved.entry.name} is a {resolved.entry.family!r} model, not a VQ tokenizer")
-            p = resolved.path
+            from mgen.tokenizers.kl import _check_family
+
+            _check_family(str(path_or_name), "vq", "a VQ tokenizer")
+            p = hub.resolve(str(path_or_name), what="tokenizer weights").path
         if p.is_dir():
             return cls._from_folder(p)
         if p.name == WEIGHTS_NAME and (p.parent / CONFIG_NAME).is_file():
