@@ -50,8 +50,7 @@ def test_pipeline_outputs_and_determinism(parts, kind):
     assert codes.shape == (2, 4, 4)
     pil = pipe(4, generator=torch.Generator().manual_seed(0)).images
     assert len(pil) == 1 and pil[0].size == (16, 16)
-    (arr,) = pipe([0, 9], guidance_scale=0.0, temperature=0.5, output_type="np", return_dict=False,
-                  generator=torch.Generator().manual_seed(1))
+    (arr,) = pipe([0, 9], 3, 0.0, None, 0.5, torch.Generator().manual_seed(1), "np", False)  # MAR's positional order
     assert arr.shape == (2, 16, 16, 3)
 
 
@@ -67,6 +66,8 @@ def test_pipeline_bad_input(parts):
         pipe([1], steps_please=3)
     with pytest.raises(UserError, match="unknown mask schedule"):
         pipe([1], schedule="zigzag")
+    with pytest.raises(UserError, match="cfg schedule"):
+        pipe([1], guidance_schedule="cosine")
     with pytest.raises(UserError, match="no VQ tokenizer"):
         MaskGITPipeline.from_pretrained(parts / "mg")
     with pytest.raises(UserError, match="not 'maskgit'"):

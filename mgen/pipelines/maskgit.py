@@ -119,20 +119,24 @@ class MaskGITPipeline(DiffusionPipeline):
     def __call__(
         self,
         class_labels: Sequence[int] | torch.Tensor | int | None = None,
-        guidance_scale: float | None = None,
-        generator: torch.Generator | None = None,
         num_inference_steps: int | None = None,
-        output_type: str | None = "pil",
+        guidance_scale: float | None = None,
+        guidance_schedule: str | None = None,
+        temperature: float | None = None,
+        generator: torch.Generator | None = None,
+        output_type: str = "pil",
         return_dict: bool = True,
         *,
         batch_size: int | None = None,
-        temperature: float | None = None,
         **decoder_settings: Any,
     ) -> ImagePipelineOutput | tuple:
-        """One image per class label (``class_labels=None`` + ``batch_size``: unconditional). ``None``
-        settings come from the model's config. ``decoder_settings``: the sampler's other fields
-        (MaskGIT: schedule, choice_temperature, cfg_schedule, top_k, top_p). ``output_type``: pil, np,
-        pt, or latent (the code grids)."""
+        """One image per class label (``class_labels=None`` + ``batch_size``: unconditional); the same
+        signature as :class:`mgen.pipelines.mar.MARPipeline`. ``None`` settings come from the model's
+        config. ``guidance_schedule``: "linear" or "constant" (MaskGIT; ENAT's is linear);
+        ``temperature``: the sampling temperature (ENAT: ``samp_temp``, annealed).
+        ``decoder_settings``: the sampler's other fields (MaskGIT: schedule, choice_temperature, top_k,
+        top_p; ENAT: mask_temp, reuse, top_k, top_p). ``output_type``: pil, np (B, H, W, 3 in [0, 1]),
+        pt (B, 3, H, W in [0, 1]) or latent (the code grids B×h×w)."""
         if output_type not in OUTPUT_TYPES:
             raise UserError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}; got {output_type!r}")
         if isinstance(generator, (list, tuple)):
@@ -142,6 +146,11 @@ class MaskGITPipeline(DiffusionPipeline):
         if bad:
             raise UserError(f"unknown decoder settings {sorted(bad)}; allowed: {sorted(known)}")
         overrides = dict(decoder_settings, cfg=guidance_scale, num_steps=num_inference_steps)
+        if guidance_schedule is not None:
+            if "cfg_schedule" in known:
+                overrides["cfg_schedule"] = guidance_schedule
+            elif guidance_schedule != "linear":
+                raise UserError(f"{self.family} guidance is linear in the step (official schedule); got {guidance_schedule!r}")
         if temperature is not None:
             overrides["temperature" if "temperature" in known else "samp_temp"] = temperature
         sampler = self.make_sampler(**overrides)
