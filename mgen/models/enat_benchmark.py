@@ -92,8 +92,9 @@ def run_benchmark(size: str = "small", device: str | torch.device = "cpu", batch
             labels = torch.arange(b, device=device) % model.num_classes
             return sampler.sample(model, labels, generator=torch.Generator().manual_seed(0))
 
-        flops = count_flops(lambda: one(1))
-        one(batch_size)  # warm-up
+        flops = count_flops(lambda: one(1))  # (also the warm-up on CPU)
+        if device.type == "cuda":
+            one(batch_size)  # warm-up: kernels, allocator
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()

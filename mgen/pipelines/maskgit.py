@@ -45,6 +45,31 @@ def as_labels(class_labels: Sequence[int] | torch.Tensor | int | None, num_class
     return labels
 
 
+#: the pipelines' (and MAR's) argument names -> sampler fields
+ALIASES = {"num_inference_steps": "num_steps", "steps": "num_steps", "guidance_scale": "cfg",
+           "guidance_schedule": "cfg_schedule"}
+
+
+def sampler_aliases(sampler_cls: type, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Sampler overrides with ``None`` values dropped and pipeline-style names mapped to sampler fields
+    (``num_inference_steps`` → ``num_steps``, ``guidance_scale`` → ``cfg``, ``temperature`` → ENAT's
+    ``samp_temp``)."""
+    known = {f.name for f in dataclasses.fields(sampler_cls)}
+    out: dict[str, Any] = {}
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        k = ALIASES.get(k, k)
+        if k == "temperature" and "temperature" not in known:
+            k = "samp_temp"
+        if k == "cfg_schedule" and k not in known:
+            if v != "linear":
+                raise UserError(f"this model's guidance is linear in the step (official schedule); got {v!r}")
+            continue
+        out[k] = v
+    return out
+
+
 class MaskGITPipeline(DiffusionPipeline):
     """MaskGIT transformer + VQ tokenizer + :class:`mgen.samplers.maskgit.MaskGITSampler`."""
 
@@ -96,7 +121,8 @@ class MaskGITPipeline(DiffusionPipeline):
             tok = VQTokenizer.from_pretrained(tok)
         if getattr(tok, "codebook_size", transformer.codebook_size) != transformer.codebook_size:
             raise UserError(f"tokenizer has {tok.codebook_size} codes but the generator expects {transformer.codebook_size}")
-        sampler = cls._sampler_cls().from_mapping(dict(entry.sampler) if entry else {}, **sampler_overrides)
+        scls = cls._sampler_cls()
+        sampler = scls.from_mapping(dict(entry.sampler) if entry else {}, **sampler_aliases(scls, sampler_overrides))
         return cls(transformer.eval(), tok.eval(), sampler).to(device)
 
     def to(self, *args: Any, **kwargs: Any) -> "MaskGITPipeline":
