@@ -169,6 +169,21 @@ def test_diffusers_folder_parity(tmp_path, subfolder):
         assert torch.equal(DiT.from_pretrained(file)(x, t, y), got)
 
 
+def test_diffusers_weights_without_config_json(tmp_path):
+    import shutil
+
+    ref, folder = _tiny_diffusers(tmp_path)
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(folder / "diffusion_pytorch_model.safetensors", lone / "dit.safetensors")
+    with pytest.raises(WeightsError, match="config"):
+        DiT.from_pretrained(lone / "dit.safetensors")
+    model = DiT.from_pretrained(lone / "dit.safetensors", config=TINY)  # diffusers conventions are kept
+    x, t, y = inputs()
+    with torch.no_grad():
+        assert (ref(x, timestep=t, class_labels=y).sample - model(x, t, y)).abs().max().item() < 1e-5
+
+
 def test_diffusers_untied_embedders_refused(tmp_path):
     _, folder = _tiny_diffusers(tmp_path, tie=False)
     with pytest.raises(WeightsError, match="shares one"):

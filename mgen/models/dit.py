@@ -270,11 +270,13 @@ class DiT(nn.Module):
                 diffusers_cfg = json.loads(sib.read_text())
         state = _unwrap_checkpoint(hub.load_checkpoint(file), file)
         if any(k.startswith("transformer_blocks.") for k in state):
-            dcfg = config_from_diffusers(diffusers_cfg, state)
+            if diffusers_cfg is None and cfg is None:
+                raise WeightsError(f"{file}: diffusers DiT weights without their config.json; pass config= (e.g. dit-xl-2)")
             if cfg is None:
-                cfg = dcfg
+                cfg = config_from_diffusers(diffusers_cfg, state)
             else:  # keep the caller's architecture, take diffusers' numerical conventions
-                cfg = dataclasses.replace(cfg, timestep_freq_shift=dcfg.timestep_freq_shift, mlp_norm_eps=dcfg.mlp_norm_eps)
+                eps = float((diffusers_cfg or {}).get("norm_eps", DIFFUSERS_NORM_EPS))
+                cfg = dataclasses.replace(cfg, timestep_freq_shift=1.0, mlp_norm_eps=eps)
             state = convert_diffusers_state_dict(state)
         if cfg is None:
             cfg = infer_config(state)
@@ -371,6 +373,9 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> DiTConfig:
 
 # -- diffusers DiTTransformer2DModel ------------------------------------------------------------------
 
+DIFFUSERS_NORM_EPS = 1e-5  # DiTTransformer2DModel's default norm_eps (used by its pre-MLP LayerNorm)
+
+
 def config_from_diffusers(meta: Mapping[str, Any] | None, state: Mapping[str, torch.Tensor]) -> DiTConfig:
     """Our config from a diffusers ``DiTTransformer2DModel`` / ``Transformer2DModel`` config.json."""
     meta = dict(meta or {})
@@ -391,7 +396,7 @@ def config_from_diffusers(meta: Mapping[str, Any] | None, state: Mapping[str, to
     return DiTConfig(input_size=sample, patch_size=patch, in_channels=in_ch, hidden_size=hidden, depth=depth,
                      num_heads=heads, mlp_ratio=ff / hidden, class_dropout_prob=0.1 if rows > num_classes else 0.0,
                      num_classes=num_classes, learn_sigma=out_ch == 2 * in_ch,
-                     timestep_freq_shift=1.0, mlp_norm_eps=float(meta.get("norm_eps", 1e-5)))
+                     timestep_freq_shift=1.0, mlp_norm_eps=float(meta.get("norm_eps", DIFFUSERS_NORM_EPS)))
 
 
 def convert_diffusers_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
