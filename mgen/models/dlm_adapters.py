@@ -81,13 +81,17 @@ class HFDiffusionLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         kwargs: dict[str, Any] = {}
-        if attention_mask is not None:
-            if self.kind == "dream":
+        if self.kind == "dream":
+            # Dream's generation_utils: "full" without padding; else the (B,1,N,N) mask of real-token pairs and
+            # positions counted from each row's first real token (pads get position 1)
+            if attention_mask is None or bool(attention_mask.all()):
+                kwargs["attention_mask"] = "full"
+            else:
                 m = attention_mask.bool()
                 kwargs["attention_mask"] = m[:, None, :, None] & m[:, None, None, :]
-                kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-            else:
-                kwargs["attention_mask"] = attention_mask
+                kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).masked_fill(~m, 1)
+        elif attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask
         out = self.model(input_ids=input_ids, **kwargs)
         logits = out.logits if hasattr(out, "logits") else out[0]
         return shift_logits_right(logits) if self.shift_logits else logits
