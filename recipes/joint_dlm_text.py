@@ -6,7 +6,8 @@
 2. trains the layer with the shared trainer on ONE CPU thread (``mgen train --config configs/joint-dlm-text.yaml``
    does the same);
 3. writes ``mgen/weights/joint-dlm-text.safetensors`` (float16, with the base model's fingerprint);
-4. benchmarks marginal vs ADJUST vs exact on held-out prompts (``mgen.pipelines.dlm_bench``) → --out/bench.
+4. benchmarks marginal vs ADJUST vs exact on held-out prompts (``mgen.pipelines.dlm_bench``) → --out/bench,
+   and the exact small-vocabulary experiment (TV / KL to the true joint) for k = 2 and 4.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def main() -> int:
     from mgen import registry
     from mgen.models.dlm import build_text_data
     from mgen.models.joint_sampler import load_base, load_joint, save_joint
-    from mgen.pipelines.dlm_bench import markdown_table, run_joint_benchmark, write_report
+    from mgen.pipelines.dlm_bench import markdown_table, run_joint_benchmark, toy_joint_experiment, write_report
     from mgen.train.tasks import build_training
 
     entry = registry.load_config_file(ROOT / "configs" / "joint-dlm-text.yaml")
@@ -63,6 +64,12 @@ def main() -> int:
         if row["k"] in (1, 4):
             seq = row["sequences"][0][0]
             print(f"{row['method']} k={row['k']}: {tok.decode(seq[:16])!r} → {tok.decode(seq[16:])!r}", flush=True)
+    import json
+
+    for k in (2, 4):  # exact distances where every string can be enumerated (mgen.pipelines.dlm_bench)
+        toy = toy_joint_experiment(k=k, base_steps=400, layer_steps=300)
+        print("toy exact joint:", json.dumps(toy), flush=True)
+        (Path(args.out) / "bench" / f"toy_k{k}.json").write_text(json.dumps(toy, indent=2))
     return 0
 
 
