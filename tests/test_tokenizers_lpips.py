@@ -41,7 +41,7 @@ def test_lpips_matches_torchvision_vgg_reference(tmp_path):
     vgg, lin = _weights(tmp_path)
     net = tv.models.vgg16(weights=None).features.eval()
     net.load_state_dict({k[len("features."):]: v for k, v in vgg.items()})
-    x, y = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    x, y = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
     shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
     scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
     expect = torch.zeros(2)
