@@ -18,7 +18,7 @@ import yaml
 
 from mgen.errors import UserError
 
-FAMILIES = ("mar", "maskgit", "enat", "dit", "rae-dit", "dlm", "kl", "vq", "rae")
+FAMILIES = ("mar", "maskgit", "enat", "dit", "rae-dit", "dlm", "kl", "vq", "rae", "patch")
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class ModelEntry:
 
     @property
     def is_tokenizer(self) -> bool:
-        return self.family in ("kl", "vq", "rae")
+        return self.family in ("kl", "vq", "rae", "patch")
 
 
 _KNOWN = {f.name for f in dataclasses.fields(ModelEntry)}

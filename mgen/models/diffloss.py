@@ -1,0 +1,340 @@
+"""MAR's diffusion-loss head: a small MLP denoiser for one continuous token, and its Gaussian diffusion.
+
+Li et al. 2024, "Autoregressive Image Generation without Vector Quantization" (MAR), §3.2–3.3:
+the transformer gives a condition vector ``z`` per token and a tiny denoiser ``ε_θ(x_t | t, z)`` models
+``p(x | z)`` by diffusion. Training minimises eq. (2), ``E ||ε − ε_θ(√ᾱ_t·x + √(1−ᾱ_t)·ε | t, z)||²``;
+sampling runs the reverse process, eq. (3), with the sampling noise scaled by a temperature τ (§3.3).
+
+Everything here matches the official code (github.com/LTH14/mar, ``models/diffloss.py`` and
+``diffusion/``, itself ADM/IDDPM's ``gaussian_diffusion.py``):
+
+* network ``SimpleMLPAdaLN``: ``input_proj`` → ``depth`` residual blocks with adaLN modulation by
+  ``y = time_embed(t) + cond_embed(z)`` → adaLN final layer; ``2·C`` outputs (ε and the learned
+  variance interpolation). Parameter names are the official ones (``diffloss.net.*`` in a MAR
+  state dict) so ``checkpoint-last.pth`` loads unchanged;
+* noise schedule: the cosine ᾱ(t) of Nichol & Dhariwal 2021 ("Improved DDPM", eq. 17, s = 0.008,
+  β clipped at 0.999) over 1000 training steps — diffusers' ``DDPMScheduler(beta_schedule=
+  "squaredcos_cap_v2")`` is the same schedule (tested), but we keep float64 like the official code;
+* variance: "learned range" (IDDPM eq. 15), log σ² = v·log β_t + (1 − v)·log β̃_t with v = (out + 1)/2;
+  loss = MSE(ε) + the VLB term (IDDPM eq. 16, bits) with a stop-gradient on the mean;
+* sampling: respaced to ``num_sampling_steps`` (default 100) timesteps as IDDPM's ``space_timesteps``
+  (same set as diffusers' ``timestep_spacing="linspace"``), x_{t−1} = μ_θ + τ·σ_θ·n (no noise at the last
+  step), classifier-free guidance on ε with both halves in one batch (``forward_with_cfg``).
+
+What diffusers lacks and is written here: the temperature, the learned-range VLB loss, and per-sample
+noise streams (so a sample does not depend on its batch).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from mgen.nn import TimestepEmbedder
+
+
+# --------------------------------------------------------------------------------------------------
+# Network
+# --------------------------------------------------------------------------------------------------
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN for per-row vectors: x·(1 + scale) + shift, all (N, C) (or broadcastable)."""
+    return x * (1 + scale) + shift
+
+
+class ResBlock(nn.Module):
+    """x + gate·MLP(adaLN(LN(x); y)) (MAR ``ResBlock``; keys ``in_ln``, ``mlp.0/2``, ``adaLN_modulation.1``)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.in_ln = nn.LayerNorm(channels, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(channels, channels), nn.SiLU(), nn.Linear(channels, channels))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(channels, 3 * channels))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)
+        return x + gate * self.mlp(_modulate(self.in_ln(x), shift, scale))
+
+
+class FinalLayer(nn.Module):
+    """DiT's final layer for vectors: adaLN(LN(x); y) → Linear (keys ``norm_final``, ``linear``, ``adaLN_modulation.1``)."""
+
+    def __init__(self, model_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.norm_final = nn.LayerNorm(model_channels, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(model_channels, out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(model_channels, 2 * model_channels))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(y).chunk(2, dim=-1)
+        return self.linear(_modulate(self.norm_final(x), shift, scale))
+
+
+class SimpleMLPAdaLN(nn.Module):
+    """The MAR denoiser ε_θ(x_t | t, z): (N, C) noisy tokens, (N,) timesteps, (N, Z) conditions → (N, 2C)."""
+
+    def __init__(self, in_channels: int, model_channels: int, out_channels: int, z_channels: int,
+                 num_res_blocks: int, grad_checkpointing: bool = False) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.model_channels = model_channels
+        self.out_channels = out_channels
+        self.num_res_blocks = num_res_blocks
+        self.grad_checkpointing = grad_checkpointing
+        self.time_embed = TimestepEmbedder(model_channels)
+        self.cond_embed = nn.Linear(z_channels, model_channels)
+        self.input_proj = nn.Linear(in_channels, model_channels)
+        self.res_blocks = nn.ModuleList([ResBlock(model_channels) for _ in range(num_res_blocks)])
+        self.final_layer = FinalLayer(model_channels, out_channels)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """Xavier-uniform linears, N(0, 0.02) timestep MLP, zero adaLN and output layers (as MAR / DiT)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
+        for block in self.res_blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        for lin in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def embed_condition(self, c: torch.Tensor) -> torch.Tensor:
+        """``cond_embed(z)``: constant over the diffusion steps of one sampling call, so computed once."""
+        return self.cond_embed(c)
+
+    def forward_embedded(self, x: torch.Tensor, t: torch.Tensor, c_emb: torch.Tensor) -> torch.Tensor:
+        """The network with the condition already embedded; ``t`` is (N,) or a scalar-like (1,) tensor."""
+        h = self.input_proj(x)
+        y = self.time_embed(t.reshape(-1)) + c_emb
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            for block in self.res_blocks:
+                h = checkpoint(block, h, y, use_reentrant=False)
+        else:
+            for block in self.res_blocks:
+                h = block(h, y)
+        return self.final_layer(h, y)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.forward_embedded(x, t, self.embed_condition(c))
+
+
+# --------------------------------------------------------------------------------------------------
+# Gaussian diffusion (cosine schedule, learned-range variance, respacing)
+# --------------------------------------------------------------------------------------------------
+def cosine_betas(num_timesteps: int = 1000, max_beta: float = 0.999) -> np.ndarray:
+    """β_t = min(1 − ᾱ((t+1)/T)/ᾱ(t/T), max_beta), ᾱ(s) = cos²((s + 0.008)/1.008 · π/2) (IDDPM eq. 17), float64."""
+    def alpha_bar(s: float) -> float:
+        return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    return np.array([min(1 - alpha_bar((i + 1) / num_timesteps) / alpha_bar(i / num_timesteps), max_beta)
+                     for i in range(num_timesteps)], dtype=np.float64)
+
+
+def space_timesteps(num_timesteps: int, section_counts: int | str | list[int]) -> list[int]:
+    """The retained timesteps when respacing (IDDPM ``space_timesteps``): evenly strided per section, rounded."""
+    if isinstance(section_counts, str):
+        section_counts = [int(x) for x in section_counts.split(",")] if section_counts else [num_timesteps]
+    elif isinstance(section_counts, int):
+        section_counts = [section_counts]
+    size_per, extra = divmod(num_timesteps, len(section_counts))
+    start, steps = 0, []
+    for i, count in enumerate(section_counts):
+        size = size_per + (1 if i < extra else 0)
+        if size < count or count < 1:
+            raise ValueError(f"cannot divide a section of {size} steps into {count}")
+        stride = 1 if count <= 1 else (size - 1) / (count - 1)
+        cur = 0.0
+        for _ in range(count):
+            steps.append(start + round(cur))
+            cur += stride
+        start += size
+    return sorted(set(steps))
+
+
+def _normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ1, e^{lv1}) || N(μ2, e^{lv2})), elementwise."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _approx_std_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+def _discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+    """log p(x) of a Gaussian discretised to 256 bins on [-1, 1] (DDPM §3.3 decoder, as IDDPM's code)."""
+    centered = x - means
+    inv_std = torch.exp(-log_scales)
+    cdf_plus = _approx_std_normal_cdf(inv_std * (centered + 1.0 / 255.0))
+    cdf_min = _approx_std_normal_cdf(inv_std * (centered - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
+
+
+class GaussianDiffusion:
+    """A (possibly respaced) cosine-schedule diffusion with learned-range variance and ε prediction.
+
+    ``timestep_map[i]`` is the original (0…T−1) timestep of respaced index ``i``; the network always sees
+    original timesteps. Coefficients are computed in float64 and applied in the input's dtype (float32),
+    like the official ``_extract_into_tensor``.
+    """
+
+    def __init__(self, num_sampling_steps: int | str | None = None, num_train_timesteps: int = 1000) -> None:
+        base = cosine_betas(num_train_timesteps)
+        base_ac = np.cumprod(1.0 - base)
+        use = space_timesteps(num_train_timesteps, num_sampling_steps or num_train_timesteps)
+        last, betas = 1.0, []
+        for i in use:  # respacing: new β_i = 1 − ᾱ_i/ᾱ_prev (IDDPM SpacedDiffusion)
+            betas.append(1 - base_ac[i] / last)
+            last = base_ac[i]
+        self.timestep_map = list(use)
+        self.num_train_timesteps = num_train_timesteps
+        b = np.array(betas, dtype=np.float64)
+        self.betas = b
+        self.num_timesteps = len(b)
+        ac = np.cumprod(1.0 - b)
+        ac_prev = np.append(1.0, ac[:-1])
+        self.alphas_cumprod = ac
+        post_var = b * (1.0 - ac_prev) / (1.0 - ac)
+        self._np = {
+            "sqrt_ac": np.sqrt(ac),
+            "sqrt_1m_ac": np.sqrt(1.0 - ac),
+            "sqrt_recip_ac": np.sqrt(1.0 / ac),
+            "sqrt_recipm1_ac": np.sqrt(1.0 / ac - 1),
+            "post_logvar_clipped": (np.log(np.append(post_var[1], post_var[1:])) if len(b) > 1
+                                    else np.log(np.maximum(post_var, 1e-20))),
+            "post_coef1": b * np.sqrt(ac_prev) / (1.0 - ac),
+            "post_coef2": (1.0 - ac_prev) * np.sqrt(1.0 - b) / (1.0 - ac),
+            "log_betas": np.log(b),
+            "timestep_map": np.array(self.timestep_map, dtype=np.int64),
+        }
+        self._cache: dict[tuple, dict[str, torch.Tensor]] = {}
+
+    def _t(self, device: torch.device) -> dict[str, torch.Tensor]:
+        key = (str(device),)
+        if key not in self._cache:
+            self._cache[key] = {k: torch.from_numpy(v).to(device=device, dtype=torch.int64 if v.dtype == np.int64 else torch.float32)
+                                for k, v in self._np.items()}
+        return self._cache[key]
+
+    # ---- forward process --------------------------------------------------------------------
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε (DDPM eq. 4)."""
+        c = self._t(x0.device)
+        return c["sqrt_ac"][t][:, None] * x0 + c["sqrt_1m_ac"][t][:, None] * noise
+
+    def p_mean_logvar(self, model_out: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """μ_θ(x_t, t) and log σ²_θ from the network's (N, 2C) output (IDDPM eqs. 11–15); ``t`` respaced indices."""
+        c = self._t(x.device)
+        ch = x.shape[1]
+        eps, v = model_out[:, :ch].float(), model_out[:, ch:].float()
+        frac = (v + 1) / 2
+        logvar = frac * c["log_betas"][t][:, None] + (1 - frac) * c["post_logvar_clipped"][t][:, None]
+        x0 = c["sqrt_recip_ac"][t][:, None] * x - c["sqrt_recipm1_ac"][t][:, None] * eps
+        mean = c["post_coef1"][t][:, None] * x0 + c["post_coef2"][t][:, None] * x
+        return mean, logvar
+
+    # ---- training ---------------------------------------------------------------------------
+    def training_losses(self, net: Callable[..., torch.Tensor], x0: torch.Tensor, t: torch.Tensor,
+                        noise: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Per-row loss MSE(ε, ε_θ) + L_vlb (bits, mean frozen), IDDPM's ``LossType.MSE`` with learned range."""
+        x_t = self.q_sample(x0, t, noise)
+        out = net(x_t, torch.as_tensor(self._t(x0.device)["timestep_map"])[t], c)
+        ch = x0.shape[1]
+        eps = out[:, :ch]
+        frozen = torch.cat([eps.detach(), out[:, ch:]], dim=1)
+        mean, logvar = self.p_mean_logvar(frozen, x_t, t)
+        cc = self._t(x0.device)
+        true_mean = cc["post_coef1"][t][:, None] * x0 + cc["post_coef2"][t][:, None] * x_t
+        true_logvar = cc["post_logvar_clipped"][t][:, None]
+        kl = _normal_kl(true_mean, true_logvar, mean, logvar).mean(dim=1) / math.log(2.0)
+        nll = -_discretized_gaussian_log_likelihood(x0, mean, 0.5 * logvar).mean(dim=1) / math.log(2.0)
+        vb = torch.where(t == 0, nll, kl)
+        mse = ((noise - eps.float()) ** 2).mean(dim=1)
+        return mse + vb
+
+    # ---- sampling ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, net: "SimpleMLPAdaLN", z: torch.Tensor, noise: torch.Tensor, step_noise: torch.Tensor | None = None,
+               temperature: float = 1.0, cfg: float | torch.Tensor = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Reverse process from ``noise`` (N, C) to x_0 (IDDPM ``p_sample_loop`` with MAR's temperature).
+
+        ``z``: (N, Z) conditions, or (2N, Z) = [conditional; unconditional] when guiding (``cfg`` ≠ 1):
+        ε̂ = ε_u + cfg·(ε_c − ε_u) with the conditional half's variance, as MAR's ``forward_with_cfg``.
+        ``step_noise``: (num_timesteps, N, C) noise for each reverse step (index ``i`` = respaced step ``i``;
+        index 0, the last step, is unused); drawn from ``generator`` when omitted.
+        """
+        guided = z.shape[0] == 2 * noise.shape[0]
+        if not guided and z.shape[0] != noise.shape[0]:
+            raise ValueError(f"{z.shape[0]} conditions for {noise.shape[0]} tokens")
+        c = self._t(noise.device)
+        c_emb = net.embed_condition(z)
+        x = noise.float()
+        n = x.shape[0]
+        for i in reversed(range(self.num_timesteps)):
+            t_orig = c["timestep_map"][i:i + 1]
+            if guided:
+                out = net.forward_embedded(torch.cat([x, x]).to(c_emb.dtype), t_orig, c_emb)
+                ch = x.shape[1]
+                eps_c, eps_u = out[:n, :ch], out[n:, :ch]
+                eps = eps_u + cfg * (eps_c - eps_u)
+                out = torch.cat([eps, out[:n, ch:]], dim=1)
+            else:
+                out = net.forward_embedded(x.to(c_emb.dtype), t_orig, c_emb)
+            ti = torch.full((n,), i, dtype=torch.long, device=x.device)
+            mean, logvar = self.p_mean_logvar(out, x, ti)
+            if i > 0:
+                nz = step_noise[i] if step_noise is not None else torch.randn(
+                    x.shape, generator=generator, device=generator.device if generator is not None else x.device).to(x.device)
+                x = mean + torch.exp(0.5 * logvar) * nz.float() * temperature
+            else:
+                x = mean
+        return x
+
+
+class DiffLoss(nn.Module):
+    """The diffusion-loss head: ``net`` (SimpleMLPAdaLN) + training and sampling diffusions (MAR ``DiffLoss``)."""
+
+    def __init__(self, target_channels: int, z_channels: int, depth: int, width: int,
+                 num_sampling_steps: int | str = 100, grad_checkpointing: bool = False) -> None:
+        super().__init__()
+        self.in_channels = target_channels
+        self.net = SimpleMLPAdaLN(target_channels, width, target_channels * 2, z_channels, depth, grad_checkpointing)
+        self.train_diffusion = GaussianDiffusion(None)
+        self.num_sampling_steps = int(num_sampling_steps)
+        self._gen: dict[int, GaussianDiffusion] = {}
+
+    def gen_diffusion(self, steps: int | None = None) -> GaussianDiffusion:
+        """The respaced sampling diffusion with ``steps`` (default: the configured ``num_sampling_steps``)."""
+        steps = int(steps or self.num_sampling_steps)
+        if steps not in self._gen:
+            self._gen[steps] = GaussianDiffusion(steps)
+        return self._gen[steps]
+
+    def forward(self, target: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Masked mean of the per-token loss; t ~ U{0…999}, ε ~ N(0, I) from ``generator``."""
+        gdev = generator.device if generator is not None else target.device
+        t = torch.randint(0, self.train_diffusion.num_timesteps, (target.shape[0],), generator=generator, device=gdev).to(target.device)
+        noise = torch.randn(target.shape, generator=generator, device=gdev).to(target.device)
+        loss = self.train_diffusion.training_losses(self.net, target.float(), t, noise, z)
+        if mask is not None:
+            return (loss * mask).sum() / mask.sum()
+        return loss.mean()
+
+    def sample(self, z: torch.Tensor, noise: torch.Tensor, step_noise: torch.Tensor | None = None,
+               temperature: float = 1.0, cfg: float | torch.Tensor = 1.0, steps: int | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.gen_diffusion(steps).sample(self.net, z, noise, step_noise, temperature, cfg, generator)
