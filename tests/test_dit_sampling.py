@@ -113,3 +113,22 @@ def test_pipeline_outputs():
     with pytest.raises(UserError, match=">= 1"):
         pipe([1], num_inference_steps=0)
     assert math.isclose(vae.scaling_factor, float(vae.scaling_factor))
+
+
+def test_pipelines_from_pretrained_folders(tmp_path):
+    from mgen.models.lightningdit import LightningDiT
+    from mgen.pipelines.rae_dit import RAEDiTPipeline
+    from mgen.tokenizers.kl import KLTokenizer
+
+    vae = KLTokenizer.from_config(registry.get("kl-digits").arch).eval()
+    tiny_model().save_pretrained(tmp_path / "dit")
+    pipe = DiTPipeline.from_pretrained(tmp_path / "dit", tokenizer=vae, num_inference_steps=3, method="ddim")
+    assert pipe.sampler.num_inference_steps == 3 and pipe.sampler.method == "ddim"
+    assert pipe([0, 9], output_type="pt").images.shape == (2, 3, 16, 16)
+    LightningDiT(input_size=4, patch_size=1, in_channels=4, hidden_size=32, depth=1, num_heads=2, num_classes=10,
+                 head_depth=1, head_hidden_size=32, head_num_heads=2).save_pretrained(tmp_path / "rae")
+    rpipe = RAEDiTPipeline.from_pretrained(tmp_path / "rae", tokenizer=vae, num_inference_steps=2, method="heun")
+    assert rpipe.sampler.method == "heun"
+    assert rpipe([3], output_type="np").images.shape == (1, 16, 16, 3)
+    with pytest.raises(UserError, match="tokenizer"):
+        DiTPipeline.from_pretrained(tmp_path / "dit")
