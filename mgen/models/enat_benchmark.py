@@ -15,7 +15,8 @@ image (the attention runs through the ``math`` backend during counting so that i
 a multiply-add counts as 2 FLOPs). images/s is wall-clock for a batch after one warm-up decode.
 
 Sizes: ``small`` pairs a MaskGIT of width 512 and 12 blocks with an ENAT of width 512 and 10 + 2 blocks
-(equal width and depth); ``paper`` pairs the registry's ``maskgit`` (768 wide, 24 blocks) with
+(equal width and depth; ENAT's 8-vector adaLN and two-way keys/values make it ~1.9x the parameters);
+``matched`` pairs that ENAT with a MaskGIT of similar parameter count (768 wide, 12 blocks); ``paper`` pairs the registry's ``maskgit`` (768 wide, 24 blocks) with
 ``enat-l`` (1024 wide, 22 + 2 blocks).
 """
 
@@ -32,6 +33,10 @@ import torch
 SIZES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "small": (
         dict(grid_size=16, hidden_dim=512, depth=12, heads=8, mlp_dim=2048, codebook_size=1024, mask_token_id=1024, num_classes=1000),
+        dict(grid_size=16, hidden_dim=512, enc_depth=10, dec_depth=2, heads=8, codebook_size=1024, num_classes=1000),
+    ),
+    "matched": (  # similar parameter counts: MaskGIT 768 x 12 (~88M) vs ENAT 512 x (10 + 2) (~75M)
+        dict(grid_size=16, hidden_dim=768, depth=12, heads=12, mlp_dim=3072, codebook_size=1024, mask_token_id=1024, num_classes=1000),
         dict(grid_size=16, hidden_dim=512, enc_depth=10, dec_depth=2, heads=8, codebook_size=1024, num_classes=1000),
     ),
     "tiny": (
