@@ -148,6 +148,8 @@ def test_training_builder_pretrains_mae_then_decoder(tmp_path):
                          "train": {"image_size": 8, "mae_steps": 2, "batch_size": 8, "max_steps": 2, "progress": False}})
     trainer = build_training(entry, out_dir=str(tmp_path / "run"))
     assert (tmp_path / "run" / "encoder" / "checkpoint").is_dir()  # stage 1 (MAE) checkpointed, resumable
+    # MAE's fixed sin-cos positions are set (transformers 5 leaves them at zero for a fresh ViTMAE)
+    assert trainer.task.model.encoder.embeddings.position_embeddings.abs().sum() > 0
     enc_before = {k: v.clone() for k, v in trainer.task.model.encoder.state_dict().items()}
     record = trainer.train()
     assert record["step"] == 2

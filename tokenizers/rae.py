@@ -514,6 +514,23 @@ def _register() -> None:
         return Trainer(task, (x_train,), cfg)
 
 
+@torch.no_grad()
+def _init_mae_positions(mae: nn.Module) -> None:
+    """Set MAE's fixed 2-D sin-cos position tables (He et al. 2022; MAE's [w | h] channel layout).
+
+    transformers 5 leaves them at zero when a ``ViTMAEForPreTraining`` is built from a config (its
+    ``_init_weights`` skips the encoder table and zeroes the decoder's), which makes the model blind to
+    positions; we write them explicitly.
+    """
+    from mgen.nn import sincos_2d
+
+    grid = mae.config.image_size // mae.config.patch_size
+    emb = mae.vit.embeddings.position_embeddings
+    emb.copy_(sincos_2d(emb.shape[-1], grid, extra_tokens=1)[None].to(emb.dtype))
+    dec = mae.decoder.decoder_pos_embed
+    dec.copy_(sincos_2d(dec.shape[-1], grid, extra_tokens=1)[None].to(dec.dtype))
+
+
 def _pretrain_mae(arch: dict[str, Any], own: dict[str, Any], cfg: Any, x_train: torch.Tensor, out: Path,
                   mean: Sequence[float], std: Sequence[float]) -> nn.Module:
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
@@ -524,6 +541,7 @@ def _pretrain_mae(arch: dict[str, Any], own: dict[str, Any], cfg: Any, x_train: 
     enc.setdefault("mask_ratio", float(own.get("mae_mask_ratio", 0.75)))
     torch.manual_seed(cfg.seed)
     mae = ViTMAEForPreTraining(ViTMAEConfig(**enc))
+    _init_mae_positions(mae)
     mae_cfg = TrainConfig(out_dir=str(out), max_steps=int(own.get("mae_steps", 2000)), batch_size=cfg.batch_size,
                           lr=float(own.get("mae_lr", 1e-3)), betas=(0.9, 0.95), weight_decay=0.05, warmup_steps=100,
                           lr_schedule="cosine", min_lr=1e-5, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
