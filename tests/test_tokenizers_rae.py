@@ -117,6 +117,13 @@ def test_stats_and_noise_augmentation(tmp_path):
         assert raw_diff.abs().max() > 0 and raw_diff.flatten(1).std(1).max() < 0.8 * 1.3
         tok.noise_tau = 0.0
         torch.testing.assert_close(tok.noisy_latents(x[:4], torch.Generator().manual_seed(0)), z[:4])
+    tok.save_stats(tmp_path / "stats.safetensors")
+    torch.save({"mean": tok.latents_mean.mean((1, 2)), "var": tok.latents_var.mean((1, 2))}, tmp_path / "stat.pt")
+    other = RAETokenizer.from_encoder(folder, DEC, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    other.load_stats(tmp_path / "stats.safetensors")
+    torch.testing.assert_close(other.latents_var, tok.latents_var, rtol=0, atol=0)
+    other.load_stats(tmp_path / "stat.pt")  # per-channel statistics broadcast over positions
+    torch.testing.assert_close(other.latents_mean[:, 1, 2], tok.latents_mean.mean((1, 2)))
 
 
 def test_bad_inputs(tmp_path):

@@ -389,6 +389,27 @@ class RAETokenizer(nn.Module):
         self.latents_mean.copy_(zs.mean(0))
         self.latents_var.copy_(zs.var(0, unbiased=False))
 
+    def save_stats(self, path: str | Path) -> None:
+        """Write the normalisation statistics as a ``{"mean", "var"}`` file (safetensors)."""
+        from mgen.hub import save_safetensors
+
+        save_safetensors({"mean": self.latents_mean, "var": self.latents_var}, path)
+
+    def load_stats(self, path: str | Path) -> None:
+        """Read ``{"mean", "var"}`` statistics (safetensors, or a ``torch.save``d dict as the official RAE
+        ``stat_path`` files), per position (C, h, w), per channel (C,) / (C, 1, 1) or scalar."""
+        from mgen.hub import load_checkpoint
+
+        stats = load_checkpoint(path)
+        if not {"mean", "var"} <= set(stats):
+            raise WeightsError(f"{path}: expected tensors 'mean' and 'var', found {sorted(stats)[:5]}")
+        shape = tuple(self.latents_mean.shape)
+        mean, var = _broadcast_stat(stats["mean"], shape), _broadcast_stat(stats["var"], shape)
+        if not (torch.isfinite(mean).all() and torch.isfinite(var).all()) or (var < 0).any():
+            raise WeightsError(f"{path}: statistics must be finite with a non-negative variance")
+        self.latents_mean.copy_(mean)
+        self.latents_var.copy_(var)
+
     def noisy_latents(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Noise-augmented raw latents z + σ·ε, σ ~ U(0, τ) per sample (RAE §3.2), then normalised."""
         z = self.raw_latents(x)
