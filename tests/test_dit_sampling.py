@@ -132,3 +132,31 @@ def test_pipelines_from_pretrained_folders(tmp_path):
     assert rpipe([3], output_type="np").images.shape == (1, 16, 16, 3)
     with pytest.raises(UserError, match="tokenizer"):
         DiTPipeline.from_pretrained(tmp_path / "dit")
+
+
+@pytest.mark.parametrize("name", ["dit-digits", pytest.param("rae-dit-digits", marks=pytest.mark.slow)])
+def test_mgen_train_builders(tmp_path, monkeypatch, name):
+    """`mgen train --config configs/<name>.yaml` builds the shared trainer on tokenizer latents of the digits."""
+    import mgen.models.dit as dit_mod
+    from mgen.tokenizers.kl import KLTokenizer
+    from mgen.train.tasks import build_training
+
+    entry = registry.get(name)
+    channels = entry.arch["in_channels"]
+    arch = {**registry.get("kl-digits").arch, "z_channels": channels}
+    monkeypatch.setattr(dit_mod, "load_tokenizer", lambda _name: KLTokenizer.from_config(arch).eval())
+    import mgen.tokenizers.digits as digits
+
+    full = digits.digits_images
+    monkeypatch.setattr(digits, "digits_images", lambda split="train", size=16, channels=3: tuple(
+        t[:40] for t in full(split, size, channels)))  # a slice keeps the test fast
+    trainer = build_training(entry, out_dir=str(tmp_path / "run"), max_steps=2, batch_size=4)
+    x, y = trainer.data
+    assert x.shape == (40, channels, 4, 4) and y.max() <= 9
+    trainer.config.progress = False
+    trainer.config.sample_every = 2
+    trainer.task.preview_steps = 2
+    rec = trainer.train()
+    assert rec["step"] == 2 and math.isfinite(rec["loss"])
+    assert (tmp_path / "run" / "checkpoint" / "ema.safetensors").exists()
+    assert (tmp_path / "run" / "samples" / "step_0000002.png").exists()
