@@ -57,11 +57,11 @@ def metrics_from_features(fake: dict[str, torch.Tensor], real: dict[str, torch.T
     if "fid" in ms:
         if real is None:
             raise UserError("FID needs real images or reference statistics")
-        mu_r, sig_r = real if isinstance(real, tuple) else _fid.statistics(real["2048"])
-        mu_f, sig_f = _fid.statistics(fake["2048"])
-        if mu_f.shape != mu_r.shape:
-            raise UserError(f"reference statistics are {mu_r.shape[0]}-d but the features are {mu_f.shape[0]}-d")
-        out["fid"] = _fid.frechet_distance(mu_f, sig_f, mu_r, sig_r)
+        ref = real if isinstance(real, tuple) else real["2048"]
+        if isinstance(real, tuple) and real[0].shape[0] != fake["2048"].shape[1]:
+            raise UserError(f"reference statistics are {real[0].shape[0]}-d but the features are "
+                            f"{fake['2048'].shape[1]}-d")
+        out["fid"] = _fid.fid(fake["2048"], ref)
     if "is" in ms:
         out["is"], out["is_std"] = _isc.inception_score(fake["logits_unbiased"], isc_splits, seed=seed)
     for m in ("kid", "pr"):

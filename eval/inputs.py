@@ -155,6 +155,7 @@ def iterable_source(it: Iterable[Any], name: str = "batches") -> ImageSource:
             raise UserError(f"{name}: a generator of batches can be read only once")
         state["used"] = True
         n = 0
+        pending: list[torch.Tensor] = []
         for b in it:
             u, grey = to_uint8_batch(b)
             if src.size is None:
@@ -164,8 +165,17 @@ def iterable_source(it: Iterable[Any], name: str = "batches") -> ImageSource:
             elif grey != src.grey:
                 raise UserError(f"{name}: grey and colour batches mixed")
             n += u.shape[0]
-            for i in range(0, u.shape[0], batch_size):
-                yield u[i:i + batch_size]
+            # re-batch to exactly batch_size, so features do not depend on how the caller cut the batches
+            pending.append(u)
+            have = sum(p.shape[0] for p in pending)
+            if have >= batch_size:
+                allx = torch.cat(pending)
+                full = (have // batch_size) * batch_size
+                for i in range(0, full, batch_size):
+                    yield allx[i:i + batch_size]
+                pending[:] = [allx[full:]] if full < have else []
+        if pending:
+            yield torch.cat(pending)
         if n == 0:
             raise UserError(f"{name}: no images")
         src.num_images = n

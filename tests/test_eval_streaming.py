@@ -1,0 +1,135 @@
+"""Streaming evaluation: per-sample seeds, feature shards, resume after a crash, splitting over processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from eval_common import inception_weights, small_inception  # noqa: F401
+from mgen.errors import UserError
+from mgen.eval.streaming import gather_shards, images_to_uint8, sample_plan, stream_features
+
+
+def toy_sample_fn(calls: list | None = None, fail_after: int | None = None):
+    """A deterministic 'model': image i is noise from its own seed, shifted by its class."""
+
+    def sample(labels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        if calls is not None:
+            calls.append(list(seeds))
+            if fail_after is not None and len(calls) > fail_after:
+                raise KeyboardInterrupt("killed")
+        out = [torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(s)) * 2 - 1 for s in seeds]
+        return (torch.stack(out) * 0.5 + labels.view(-1, 1, 1, 1).float() / 10).clamp(-1, 1)
+
+    return sample
+
+
+def toy_extract(images: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"feat": images.mean(dim=(2, 3)), "pix": images.flatten(1)[:, :5]}
+
+
+def test_sample_plan_labels_and_seeds():
+    labels, seeds = sample_plan(20, 10, seed=3)
+    assert labels.tolist() == [c for c in range(10) for _ in range(2)]  # MAR: arange(C).repeat(N // C)
+    assert seeds[0] == 3 << 32 and seeds[19] == (3 << 32) + 19
+    assert sample_plan(5, None, 0)[0] is None
+    with pytest.raises(UserError):
+        sample_plan(-1, 10, 0)
+
+
+def test_features_do_not_depend_on_batch_size(tmp_path):
+    a = stream_features(toy_sample_fn(), toy_extract, 23, tmp_path / "a", num_classes=10, batch_size=4, progress=False)
+    b = stream_features(toy_sample_fn(), toy_extract, 23, tmp_path / "b", num_classes=10, batch_size=7,
+                        shard_size=5, progress=False)
+    assert torch.equal(a["feat"], b["feat"]) and torch.equal(a["label"], b["label"])
+    assert a["feat"].shape == (23, 3) and a["index"].tolist() == list(range(23))
+
+
+def test_killed_run_resumes_with_identical_features(tmp_path):
+    full = stream_features(toy_sample_fn(), toy_extract, 30, tmp_path / "full", num_classes=10, batch_size=4,
+                           shard_size=8, progress=False)
+    calls: list = []
+    with pytest.raises(KeyboardInterrupt):
+        stream_features(toy_sample_fn(calls, fail_after=5), toy_extract, 30, tmp_path / "w", num_classes=10,
+                        batch_size=4, shard_size=8, progress=False)
+    assert len(list((tmp_path / "w").glob("shard-*.safetensors"))) == 2  # shards 0, 1 finished; 2 was cut short
+    assert not list((tmp_path / "w").glob(".tmp-*"))
+    resumed: list = []
+    out = stream_features(toy_sample_fn(resumed), toy_extract, 30, tmp_path / "w", num_classes=10, batch_size=4,
+                          shard_size=8, progress=False)
+    assert min(s for c in resumed for s in c) == 16  # only shards 2 and 3 were sampled again
+    for k in ("feat", "pix", "label", "index"):
+        assert torch.equal(out[k], full[k])
+
+
+def test_damaged_shard_is_redone_and_other_settings_refused(tmp_path):
+    stream_features(toy_sample_fn(), toy_extract, 12, tmp_path, num_classes=10, batch_size=4, progress=False,
+                    shard_size=4)
+    (tmp_path / "shard-000001.safetensors").write_bytes(b"garbage")
+    calls: list = []
+    out = stream_features(toy_sample_fn(calls), toy_extract, 12, tmp_path, num_classes=10, batch_size=4,
+                          shard_size=4, progress=False)
+    assert [c[0] & 0xFFFFFFFF for c in calls] == [4] and out["feat"].shape == (12, 3)
+    with pytest.raises(UserError, match="another run"):
+        stream_features(toy_sample_fn(), toy_extract, 12, tmp_path, num_classes=10, batch_size=4, seed=1,
+                        shard_size=4, progress=False)
+
+
+def test_shards_split_over_processes_and_gathered(tmp_path):
+    single = stream_features(toy_sample_fn(), toy_extract, 17, tmp_path / "one", num_classes=10, batch_size=3,
+                             shard_size=3, progress=False)
+    calls1: list = []
+    assert stream_features(toy_sample_fn(calls1), toy_extract, 17, tmp_path / "two", num_classes=10, batch_size=3,
+                           shard_size=3, progress=False, rank=1, world_size=2) is None
+    calls0: list = []
+    out = stream_features(toy_sample_fn(calls0), toy_extract, 17, tmp_path / "two", num_classes=10, batch_size=3,
+                          shard_size=3, progress=False, rank=0, world_size=2)
+    idx1 = {s & 0xFFFFFFFF for c in calls1 for s in c}
+    idx0 = {s & 0xFFFFFFFF for c in calls0 for s in c}
+    assert not idx0 & idx1 and idx0 | idx1 == set(range(17))
+    assert torch.equal(out["feat"], single["feat"])
+
+
+def test_streaming_inception_features_equal_saved_pngs(small_inception, inception_weights, tmp_path):
+    from mgen.eval import evaluate
+    from mgen.eval.inception import InceptionFeatures
+    from mgen.images import save_png, to_pil
+
+    ext = InceptionFeatures(inception_weights, "cpu")
+    fn = toy_sample_fn()
+    feats = stream_features(fn, lambda x: ext(images_to_uint8(x)), 6, tmp_path / "w", num_classes=10, batch_size=3,
+                            progress=False)
+    labels, seeds = sample_plan(6, 10, 0)
+    for i, im in enumerate(to_pil(fn(labels, seeds))):
+        save_png(im, tmp_path / "png" / f"{i}.png")
+    ref = evaluate(tmp_path / "png", metrics=("is",), isc_splits=2, extractor=ext, batch_size=3,
+                   return_features=True)["features"]["fake"]
+    assert torch.equal(feats["2048"], ref["2048"])
+
+
+@pytest.mark.slow
+def test_two_processes_with_torchrun(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
+        from test_eval_streaming import toy_sample_fn, toy_extract
+        from mgen.eval.streaming import stream_features
+        out = stream_features(toy_sample_fn(), toy_extract, 10, {str(tmp_path / 'w')!r}, num_classes=10,
+                              batch_size=2, shard_size=2, progress=False)
+        if out is not None:
+            torch.save(out["feat"], {str(tmp_path / 'feat.pt')!r})
+    """))
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29517",
+                        str(script)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    single = stream_features(toy_sample_fn(), toy_extract, 10, tmp_path / "one", num_classes=10, batch_size=2,
+                             shard_size=2, progress=False)
+    assert torch.equal(torch.load(tmp_path / "feat.pt"), single["feat"])
+    meta = json.loads((tmp_path / "w" / "meta.json").read_text())
+    assert meta["num_samples"] == 10
