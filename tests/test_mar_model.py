@@ -12,6 +12,15 @@ from mgen.errors import WeightsError
 from mgen.models.diffloss import GaussianDiffusion, cosine_betas, space_timesteps
 from mgen.models.mar import MAR, MARConfig
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread, above all on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 TINY = dict(img_size=16, vae_stride=4, patch_size=1, vae_embed_dim=4, encoder_embed_dim=32, encoder_depth=1,
             encoder_num_heads=2, decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=2, class_num=5,
             buffer_size=2, diffloss_d=2, diffloss_w=32, num_sampling_steps=10, diffusion_batch_mul=2)
