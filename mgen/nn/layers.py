@@ -22,18 +22,74 @@ from mgen.nn.attention import attention
 
 @dataclass
 class KVCache:
-    """Per-layer keys/values (B, H, N, D) for every position of a sequence, recorded at a full step.
+    """Per-layer keys/values (B, H, N, D) recorded at a full step and reused at cheap steps.
 
-    ``mode`` is ``"record"`` (a full evaluation stores its K/V) or ``"reuse"`` (the rows being computed
-    are written into a copy of the stored K/V at ``positions``, and the queries attend to all N).
+    Context-feature reuse (ReCAP, Liu et al. 2025, arXiv 2505.19089, §3): a *full* evaluation records
+    every attention layer's K/V; a *cheap* evaluation recomputes only some rows and lets them attend
+    through the recorded K/V of all other rows.
+
+    ``mode``:
+      * ``"record"``: each :class:`Attention` stores its (k, v) under its ``layer_id``;
+      * ``"reuse"``: the layer's input holds only the recomputed rows. Without ``append`` their K/V
+        overwrite rows ``positions`` (B, n) of a copy of the stored K/V (positions that existed at the
+        full step, e.g. every token of MaskGIT or of MAR's decoder); with ``append=True`` they are
+        concatenated after the stored rows (rows that did not exist at the full step, e.g. tokens that
+        joined MAR's encoder after being decoded). The queries then attend to all rows.
+      * ``"off"``: the cache is ignored (a plain evaluation).
+
+    Attention is permutation invariant over keys (positions enter through the embeddings), so the
+    row order inside the stored K/V does not matter. Backends see ordinary (B, H, N_q, D) queries and
+    (B, H, N_k, D) keys/values, so sdpa, xformers and math all serve the cached path unchanged.
+
+    ``group`` is the sampler's request to a generator: (B, n) token indices (in the image-token
+    sequence, without class/buffer rows) to recompute; the generator turns it into ``positions`` of
+    its own layers. ``children`` holds separate caches of sub-networks whose rows differ (MAR's
+    encoder and decoder): :meth:`child` creates them with the parent's mode.
     """
 
     mode: str = "record"
     positions: torch.Tensor | None = None  # (B, n) indices of the computed rows within the full sequence
     keys: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    append: bool = False
+    group: torch.Tensor | None = None
+    children: dict[str, "KVCache"] = field(default_factory=dict)
 
     def clear(self) -> None:
         self.keys.clear()
+        for c in self.children.values():
+            c.clear()
+
+    def child(self, name: str) -> "KVCache":
+        """The sub-cache ``name`` (created on first use), with this cache's current mode."""
+        c = self.children.get(name)
+        if c is None:
+            c = self.children[name] = KVCache(mode=self.mode)
+        c.mode = self.mode
+        return c
+
+    def combine(self, layer_id: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Record (k, v), or merge the recomputed rows' (k, v) with the stored ones (see the class doc)."""
+        if self.mode == "off":
+            return k, v
+        if self.mode == "record":
+            self.keys[layer_id] = (k, v)
+            return k, v
+        if self.mode != "reuse":
+            raise ValueError(f"unknown KVCache mode {self.mode!r}")
+        if layer_id not in self.keys:
+            raise RuntimeError("KVCache in reuse mode has no keys recorded for this layer: run a full step first")
+        k_all, v_all = self.keys[layer_id]
+        if k_all.shape[0] != k.shape[0]:
+            raise RuntimeError(f"KVCache: recorded batch {k_all.shape[0]} != current batch {k.shape[0]}")
+        if self.append:
+            return torch.cat([k_all, k], dim=2), torch.cat([v_all, v], dim=2)
+        if self.positions is None:
+            raise RuntimeError("KVCache in reuse mode needs positions (or append=True)")
+        pos = self.positions.to(k.device)
+        if pos.shape != (k.shape[0], k.shape[2]):
+            raise RuntimeError(f"KVCache positions {tuple(pos.shape)} do not match the computed rows {(k.shape[0], k.shape[2])}")
+        idx = pos[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+        return k_all.scatter(2, idx, k), v_all.scatter(2, idx, v)
 
 
 class Attention(nn.Module):
@@ -78,15 +134,7 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = rope(q), rope(k)
         if cache is not None:
-            if cache.mode == "record":
-                cache.keys[self.layer_id] = (k, v)
-            elif cache.mode == "reuse":
-                k_all, v_all = cache.keys[self.layer_id]
-                idx = cache.positions[:, None, :, None].expand(-1, self.num_heads, -1, self.head_dim)
-                k = k_all.scatter(2, idx, k)
-                v = v_all.scatter(2, idx, v)
-            else:
-                raise ValueError(f"unknown KVCache mode {cache.mode!r}")
+            k, v = cache.combine(self.layer_id, k, v)
         out = attention(q, k, v, mask, backend=backend, dropout_p=self.attn_drop if self.training else 0.0)
         out = out.transpose(1, 2).reshape(b, n, c)
         return self.proj_drop(self.proj(out))
