@@ -162,12 +162,33 @@ class MaskGITTransformer(nn.Module):
         cls = torch.where(drop_label.reshape(b).bool(), torch.full_like(cls, self.codebook_size + 1 + self.num_classes), cls)
         tokens = torch.cat([codes.long(), cls[:, None]], dim=1)
         x = self.tok_emb(tokens) + self.pos_emb
+        bias = self.bias
+        rows = self.cache_rows(cache)
+        if rows is not None:  # cheap ReCAP step: only the group's rows + the class row are computed
+            x = torch.gather(x, 1, rows[..., None].expand(-1, -1, x.shape[-1]))
+            bias = self.bias[rows]
         x = self.first_layer(x)
         for blk in self.blocks:
             x = blk(x, cache=cache)
         x = self.last_layer(x)
-        logits = x @ self.tok_emb.weight.t() + self.bias  # head tied to the embedding (valeoai v1)
+        logits = x @ self.tok_emb.weight.t() + bias  # head tied to the embedding (valeoai v1)
+        if rows is not None:
+            return logits[:, :-1, : self.codebook_size]  # the group's rows, in the order of cache.group
         return logits[:, :n, : self.codebook_size]
+
+    def cache_rows(self, cache: KVCache | None) -> torch.Tensor | None:
+        """ReCAP hook: for a cache in ``reuse`` mode with a ``group`` (B, n) of token indices, the rows to
+        recompute — the group plus the class token (row h·w, recomputed as in the official ReCAP code,
+        where the class is part of the input) — set as ``cache.positions`` and returned; else None."""
+        if cache is None or cache.mode != "reuse":
+            return None
+        if cache.group is None:
+            raise RuntimeError("MaskGIT: a reuse-mode KVCache needs a group of token indices")
+        g = cache.group.long()
+        n = self.config.num_tokens
+        rows = torch.cat([g, torch.full_like(g[:, :1], n)], dim=1)
+        cache.positions = rows
+        return rows
 
     # -- weights ------------------------------------------------------------------------------------
     @classmethod
