@@ -86,7 +86,7 @@ def _versions() -> dict[str, str]:
     from mgen import __version__
 
     return {"mgen": __version__, "torch_fidelity": torch_fidelity.__version__, "torch": torch.__version__,
-            "metrics": "fid: Heusel et al. 2017 (torch-fidelity eigvals trace); is: 10-split, torch-fidelity "
+            "metrics": "fid: Heusel et al. 2017, eq. 6; is: Salimans et al. 2016, torch-fidelity splits and "
                        "shuffle; kid: cubic polynomial kernel, unbiased MMD²; pr: Kynkäänniemi et al. 2019"}
 
 
@@ -205,13 +205,9 @@ def _num_classes(pipe: Any, entry: Any, digits: bool) -> int | None:
 
 
 def _load_pipeline(model: str, weights: str | None, device: Any) -> Any:
-    try:
-        from mgen.pipelines import load_pipeline
-    except ImportError:
-        raise UserError("sampling from a model needs mgen.pipelines.load_pipeline, which this version of mgen "
-                        "does not have yet; write samples with 'mgen sample' and use --fake DIR") from None
-    pipe = load_pipeline(model, weights=weights)
-    return pipe.to(device) if hasattr(pipe, "to") else pipe
+    from mgen.pipelines import load_pipeline
+
+    return load_pipeline(model, weights=weights, device=device)
 
 
 def _run_model(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -321,8 +317,10 @@ def _run_model(args: argparse.Namespace) -> dict[str, Any] | None:
         labels = feats["label"] if num_classes else None
         result.update(digits_metrics_from_outputs(feats["digits_features"], feats["digits_logits"], labels, size,
                                                   classifier))
+    defaults = getattr(pipe, "defaults", None)
     result.update({
         "model": args.model, "weights": args.weights, "num_samples": num_samples, "sampler": sampler_settings,
+        "sampler_defaults": dict(defaults) if isinstance(defaults, dict) else None,
         "seed": args.seed, "sample_seeds": f"(seed << 32) + i for i in 0..{num_samples - 1}",
         "labels": "class floor(i * num_classes / num_samples)" if num_classes else None,
         "batch_size": args.batch_size, "work_dir": str(work_dir), "real": args.real,
