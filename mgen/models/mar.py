@@ -41,7 +41,7 @@ from diffusers.models.modeling_utils import ModelMixin
 
 from mgen.errors import UserError, WeightsError
 from mgen.models.diffloss import DiffLoss
-from mgen.nn import ViTBlock
+from mgen.nn import KVCache, ViTBlock
 
 
 # --------------------------------------------------------------------------------------------------
@@ -304,16 +304,17 @@ class MAR(ModelMixin, ConfigMixin):
             raise ValueError("every row of the mask must hide the same number of tokens")
         return torch.argsort(m.to(torch.uint8), dim=1, stable=True)[:, :n_keep]
 
-    def _run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    def _run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
             for block in blocks:
                 x = checkpoint(block, x, use_reentrant=False)
         else:
             for block in blocks:
-                x = block(x)
+                x = block(x, cache=cache)
         return x
 
-    def forward_mae_encoder(self, tokens: torch.Tensor, keep: torch.Tensor, class_emb: torch.Tensor) -> torch.Tensor:
+    def forward_mae_encoder(self, tokens: torch.Tensor, keep: torch.Tensor, class_emb: torch.Tensor,
+                            cache: KVCache | None = None) -> torch.Tensor:
         """Buffer ← class embedding, + position, LN, drop masked tokens, ViT blocks, LN → (B, n_keep, D)."""
         x = self.z_proj(tokens)
         b, _, d = x.shape
@@ -321,20 +322,77 @@ class MAR(ModelMixin, ConfigMixin):
         x = torch.cat([buf, x], dim=1) + self.encoder_pos_embed_learned
         x = self.z_proj_ln(x)
         x = _gather_rows(x, keep)
-        return self.encoder_norm(self._run_blocks(self.encoder_blocks, x))
+        return self.encoder_norm(self._run_blocks(self.encoder_blocks, x, cache))
 
-    def forward_mae_decoder(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def forward_mae_decoder(self, x: torch.Tensor, keep: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Scatter the kept tokens among mask tokens, + position, ViT blocks, LN, drop buffer, + diffusion position."""
         x = self.decoder_embed(x)
         b, _, d = x.shape
         full = self.mask_token.to(x.dtype).expand(b, self.seq_len + self.buffer_size, d).clone()
         full = full.scatter(1, keep[..., None].expand(-1, -1, d), x)
         x = full + self.decoder_pos_embed_learned
-        x = self.decoder_norm(self._run_blocks(self.decoder_blocks, x))
+        x = self.decoder_norm(self._run_blocks(self.decoder_blocks, x, cache))
         return x[:, self.buffer_size:] + self.diffusion_pos_embed_learned
 
+    def condition_cached(self, tokens: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None,
+                         drop: torch.Tensor | None, cache: KVCache) -> torch.Tensor:
+        """A cheap ReCAP step (Liu et al. 2025, arXiv 2505.19089; official ``examples/MAR+ReCAP``): conditions
+        z (B, n, D) for the tokens ``cache.group`` (B, n) only, reusing the K/V recorded by the last
+        ``condition(..., cache=record)``.
+
+        Encoder: only the group's tokens that are visible now are computed; rows that the full step also
+        encoded overwrite their recorded K/V, the others (decoded since) are appended. Decoder: the group's
+        rows (visible → encoder output, masked → mask token) are recomputed and overwrite their rows of the
+        recorded K/V; every other row attends through the cache. The buffer (class) rows are cached, as the
+        official ``cache_buffer=True``, unless ``cache.recompute_extra``.
+        """
+        g = cache.group.long().to(tokens.device)
+        b, n = g.shape
+        nb, dev = self.buffer_size, tokens.device
+        seq = nb + self.seq_len
+        enc, dec = cache.child("encoder"), cache.child("decoder")
+        if enc.rows is None:
+            raise RuntimeError("MAR: no full step recorded in this cache")
+        buf_rows = torch.arange(nb, device=dev).expand(b, nb)
+        vis = ~torch.gather(mask.bool(), 1, g)
+        n_vis = int(vis[0].sum())
+        if b > 1 and not bool((vis.sum(1) == n_vis).all()):
+            raise ValueError("every row must have the same number of visible group tokens")
+        order = torch.argsort((~vis).to(torch.uint8), dim=1, stable=True)[:, :n_vis]
+        rows = torch.gather(g, 1, order) + nb  # visible group tokens, as sequence rows
+        if cache.recompute_extra:
+            rows = torch.cat([buf_rows, rows], dim=1)
+        # where each computed row sits in the recorded encoder K/V (-1: not recorded → appended)
+        slot_of = torch.full((b, seq), -1, dtype=torch.long, device=dev)
+        slot_of.scatter_(1, enc.rows.to(dev), torch.arange(enc.rows.shape[1], device=dev).expand(b, -1))
+        slots = torch.gather(slot_of, 1, rows)
+        stored = slots >= 0
+        n_stored = int(stored[0].sum())
+        if b > 1 and not bool((stored.sum(1) == n_stored).all()):
+            raise ValueError("every row must have the same number of recorded group tokens")
+        first = torch.argsort((~stored).to(torch.uint8), dim=1, stable=True)
+        rows, slots = torch.gather(rows, 1, first), torch.gather(slots, 1, first)
+        enc.append, enc.positions = True, slots[:, :n_stored]
+        d_enc = self.encoder_pos_embed_learned.shape[-1]
+        full = torch.cat([torch.zeros(b, nb, d_enc, device=dev, dtype=tokens.dtype), self.z_proj(tokens)], dim=1)
+        if nb:
+            emb = self.class_embedding(labels, drop, batch=b).to(full.dtype)
+            full[:, :nb] = emb[:, None, :]
+        full = self.z_proj_ln(full + self.encoder_pos_embed_learned)
+        xe = self.encoder_norm(self._run_blocks(self.encoder_blocks, _gather_rows(full, rows), enc))
+        xe = self.decoder_embed(xe)
+        d = xe.shape[-1]
+        x_full = self.mask_token.to(xe.dtype).expand(b, seq, d).clone().scatter(1, rows[..., None].expand(-1, -1, d), xe)
+        dec_rows = g + nb
+        if cache.recompute_extra:
+            dec_rows = torch.cat([buf_rows, dec_rows], dim=1)
+        dec.append, dec.positions = False, dec_rows
+        x = _gather_rows(x_full, dec_rows) + self.decoder_pos_embed_learned[0][dec_rows]
+        x = self.decoder_norm(self._run_blocks(self.decoder_blocks, x, dec))
+        return x[:, -n:] + self.diffusion_pos_embed_learned[0][g]
+
     def condition(self, tokens: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None,
-                  drop: torch.Tensor | None = None) -> torch.Tensor:
+                  drop: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
         """Per-token conditions z for the diffusion head: (B, L, token_dim), (B, L) with 1 = masked, (B,) → (B, L, D).
 
         ``drop`` (B,) bool replaces the class embedding by ``fake_latent`` (the unconditional branch);
@@ -344,10 +402,14 @@ class MAR(ModelMixin, ConfigMixin):
             raise ValueError(f"tokens must be (B, {self.seq_len}, {self.token_embed_dim}), got {tuple(tokens.shape)}")
         if mask.shape != tokens.shape[:2]:
             raise ValueError(f"mask must be {tuple(tokens.shape[:2])}, got {tuple(mask.shape)}")
+        if cache is not None and cache.mode == "reuse":
+            return self.condition_cached(tokens, mask, labels, drop, cache)
         keep = self._kept_indices(mask)
         emb = self.class_embedding(labels, drop, batch=tokens.shape[0])
-        x = self.forward_mae_encoder(tokens, keep, emb)
-        return self.forward_mae_decoder(x, keep)
+        if cache is not None:
+            cache.child("encoder").rows = keep
+        x = self.forward_mae_encoder(tokens, keep, emb, cache.child("encoder") if cache is not None else None)
+        return self.forward_mae_decoder(x, keep, cache.child("decoder") if cache is not None else None)
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The diffusion head's raw output ε_θ ‖ v for noisy tokens (N, C), timesteps (N,), conditions (N, D) → (N, 2C)."""

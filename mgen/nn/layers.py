@@ -32,7 +32,8 @@ class KVCache:
       * ``"record"``: each :class:`Attention` stores its (k, v) under its ``layer_id``;
       * ``"reuse"``: the layer's input holds only the recomputed rows. Without ``append`` their K/V
         overwrite rows ``positions`` (B, n) of a copy of the stored K/V (positions that existed at the
-        full step, e.g. every token of MaskGIT or of MAR's decoder); with ``append=True`` they are
+        full step, e.g. every token of MaskGIT or of MAR's decoder); with ``append=True`` the first
+        ``positions.shape[1]`` computed rows (none if ``positions`` is None) overwrite and the others are
         concatenated after the stored rows (rows that did not exist at the full step, e.g. tokens that
         joined MAR's encoder after being decoded). The queries then attend to all rows.
       * ``"off"``: the cache is ignored (a plain evaluation).
@@ -53,6 +54,8 @@ class KVCache:
     append: bool = False
     group: torch.Tensor | None = None
     children: dict[str, "KVCache"] = field(default_factory=dict)
+    rows: torch.Tensor | None = None  # (B, N) sequence index of each recorded row, where a layer sees a subset
+    recompute_extra: bool = False  # generator option: also recompute class/buffer rows at cheap steps
 
     def clear(self) -> None:
         self.keys.clear()
@@ -64,7 +67,7 @@ class KVCache:
         c = self.children.get(name)
         if c is None:
             c = self.children[name] = KVCache(mode=self.mode)
-        c.mode = self.mode
+        c.mode, c.recompute_extra = self.mode, self.recompute_extra
         return c
 
     def combine(self, layer_id: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +85,12 @@ class KVCache:
         if k_all.shape[0] != k.shape[0]:
             raise RuntimeError(f"KVCache: recorded batch {k_all.shape[0]} != current batch {k.shape[0]}")
         if self.append:
-            return torch.cat([k_all, k], dim=2), torch.cat([v_all, v], dim=2)
+            n_over = 0 if self.positions is None else self.positions.shape[1]
+            if n_over:
+                idx = self.positions.to(k.device)[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+                k_all = k_all.scatter(2, idx, k[:, :, :n_over])
+                v_all = v_all.scatter(2, idx, v[:, :, :n_over])
+            return torch.cat([k_all, k[:, :, n_over:]], dim=2), torch.cat([v_all, v[:, :, n_over:]], dim=2)
         if self.positions is None:
             raise RuntimeError("KVCache in reuse mode needs positions (or append=True)")
         pos = self.positions.to(k.device)
