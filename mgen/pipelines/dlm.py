@@ -240,11 +240,26 @@ def run_text(args: argparse.Namespace) -> int:
     texts = [p + t for p, t in zip(prompts, out.texts)]
     joined = "\n\n".join(texts)
     print(joined)
-    if args.out:
-        tmp = Path(str(args.out) + ".tmp")
-        tmp.write_text(joined + "\n")
-        os.replace(tmp, args.out)
+    target = text_out_path(getattr(args, "out", None))
+    if target is not None:
+        tmp = target.with_name(target.name + ".tmp")
+        try:
+            tmp.write_text(joined + "\n")
+            os.replace(tmp, target)
+        except OSError as e:
+            raise UserError(f"cannot write {target}: {e.strerror or e}") from None
     return 0
+
+
+IMAGE_OUT_DEFAULT = "samples"  # `mgen sample`'s image output folder default: not a request to write text
+
+
+def text_out_path(out: str | None) -> Path | None:
+    """Where ``--out`` asks the text to go: a file, or ``DIR/text.txt`` for an existing folder; None for none."""
+    if not out or out == IMAGE_OUT_DEFAULT:
+        return None
+    p = Path(out).expanduser()
+    return p / "text.txt" if p.is_dir() else p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
