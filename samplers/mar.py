@@ -96,12 +96,18 @@ class MARSampler:
     # -- main loop ------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, model: torch.nn.Module, labels: torch.Tensor | Sequence[int] | None, generator: torch.Generator | None = None,
-               batch_size: int | None = None, progress: bool | None = None, profile: bool = False) -> torch.Tensor:
+               batch_size: int | None = None, progress: bool | None = None, profile: bool = False,
+               hooks: Any = None) -> torch.Tensor:
         """Generate scaled latents for ``labels`` (B,) (None: unconditional, then pass ``batch_size``).
 
         Returns what the official ``sample_tokens`` returns: (B, vae_embed_dim, H, W), to be divided by
         the tokenizer's scaling factor before ``decode``. ``profile=True`` fills ``self.timings`` with
         seconds spent in the transformer and in the diffusion head (synchronising the device).
+
+        ``hooks`` (optional; used by :class:`mgen.samplers.recap.ReCAP`) may replace, per step, the
+        transformer call — ``hooks.condition_fn(model, step, rank)`` returns a callable with
+        ``model.condition``'s signature — and the head's step count — ``hooks.head_steps(step, head_steps)``.
+        With ``hooks=None`` this is exactly the official loop.
         """
         device = next(model.parameters()).device
         if labels is not None:
@@ -142,19 +148,21 @@ class MARSampler:
             mask = rank < masked_now
             to_pred = mask & (rank >= masked_next)
             t0 = time.perf_counter()
+            condition = model.condition if hooks is None else hooks.condition_fn(model, step, rank)
+            head_steps = self.head_steps if hooks is None else hooks.head_steps(step, self.head_steps)
             if guided:
-                z = model.condition(torch.cat([tokens, tokens]), torch.cat([mask, mask]), lab2, drop)
+                z = condition(torch.cat([tokens, tokens]), torch.cat([mask, mask]), lab2, drop)
                 z = torch.cat([z[:bsz][to_pred], z[bsz:][to_pred]])
             else:
-                z = model.condition(tokens, mask, labels)[to_pred]
+                z = condition(tokens, mask, labels)[to_pred]
             sync()
             t1 = time.perf_counter()
             if self.cfg_schedule == "linear":
                 cfg_iter = 1 + (self.cfg - 1) * (L - mask_len) / L
             else:
                 cfg_iter = self.cfg
-            noise, step_noise = self.head_noise(gens, n_pred, C, model.diffloss.gen_diffusion(self.head_steps).num_timesteps, device)
-            new = model.diffloss.sample(z, noise, step_noise, self.temperature, cfg_iter if guided else 1.0, self.head_steps)
+            noise, step_noise = self.head_noise(gens, n_pred, C, model.diffloss.gen_diffusion(head_steps).num_timesteps, device)
+            new = model.diffloss.sample(z, noise, step_noise, self.temperature, cfg_iter if guided else 1.0, head_steps)
             tokens[to_pred] = new.to(tokens.dtype)
             sync()
             t2 = time.perf_counter()

@@ -149,11 +149,16 @@ class MaskGITSampler:
     @torch.no_grad()
     def sample(self, model: torch.nn.Module, class_labels: torch.Tensor | None = None, *,
                batch_size: int | None = None, generator: torch.Generator | None = None,
-               return_history: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+               return_history: bool = False, hooks: Any = None) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Decode a batch: ``class_labels`` (B,) (None = unconditional, then ``batch_size`` is needed).
 
         Returns codes (B, h, w); with ``return_history`` also the list of per-step code grids
-        (masked positions hold the mask id)."""
+        (masked positions hold the mask id).
+
+        ``hooks`` (optional; used by :class:`mgen.samplers.recap.ReCAP`) may replace two things per step t:
+        ``hooks.logits(sampler, model, codes, class_labels, t)`` → guided logits (B, N, V) instead of
+        :meth:`guided_logits`, and ``hooks.confidence(t, conf, masked)`` → the confidence (B, N) whose
+        ``counts[t]`` lowest entries stay masked. With ``hooks=None`` decoding is exactly Alg. 1."""
         self.validate()
         device = next(model.parameters()).device
         if class_labels is None:
@@ -173,7 +178,10 @@ class MaskGITSampler:
         history = []
         for t in range(self.num_steps):
             masked = codes == mask_id
-            logits = self.guided_logits(model, codes, class_labels, t)
+            if hooks is None:
+                logits = self.guided_logits(model, codes, class_labels, t)
+            else:
+                logits = hooks.logits(self, model, codes, class_labels, t)
             logp = logits.log_softmax(dim=-1)
             drawn = sample_codes(filter_logits(logits / self.temperature, self.top_k, self.top_p), gens)
             drawn = torch.where(masked, drawn, codes)
@@ -182,6 +190,8 @@ class MaskGITSampler:
             if anneal > 0:
                 conf = conf + anneal * gumbel_like((n,), gens, device)
             conf = torch.where(masked, conf, torch.full_like(conf, float("inf")))
+            if hooks is not None:
+                conf = hooks.confidence(t, conf, masked)
             remask = select_masked(conf, counts[t])
             codes = torch.where(remask, torch.full_like(drawn, mask_id), drawn)
             if return_history:
