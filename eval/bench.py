@@ -12,14 +12,11 @@ without ``--inception-weights`` a seeded random-init file is used (the result sa
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from mgen.errors import UserError
 
@@ -32,10 +29,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--json", metavar="OUT", help="write the result here")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--out", default="bench", help="folder for fid.json and fid.md (mgen bench)")
 
 
 def _digits_folder(folder: Path, n: int, size: int) -> Path:
+    import torch
     import torch.nn.functional as F
 
     from mgen.eval.digits import digits_split
@@ -53,6 +52,7 @@ def _digits_folder(folder: Path, n: int, size: int) -> Path:
 def bench_fid(folder: str | Path, weights: str | Path, batch_size: int = 64, device: str | None = None,
               repeats: int = 3) -> dict[str, Any]:
     """Images/s of mgen's and torch-fidelity's feature extraction on ``folder`` (median of ``repeats``)."""
+    import torch
     from torch_fidelity.datasets import ImagesPathDataset, TransformPILtoRGBTensor
     from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset, glob_samples_paths
 
@@ -71,11 +71,11 @@ def bench_fid(folder: str | Path, weights: str | Path, batch_size: int = 64, dev
         if cuda:
             torch.cuda.synchronize(dev)
 
-    def run_ours() -> dict[str, torch.Tensor]:
+    def run_ours() -> dict[str, Any]:
         src = folder_source(folder)
         return ours.extract(src.batches(batch_size), total=src.num_images)
 
-    def run_theirs() -> dict[str, torch.Tensor]:
+    def run_theirs() -> dict[str, Any]:
         return get_featuresdict_from_dataset(dataset, theirs, batch_size, cuda, False, False)
 
     # warm-up (one batch each), then alternate
@@ -84,7 +84,7 @@ def bench_fid(folder: str | Path, weights: str | Path, batch_size: int = 64, dev
         ours(first)
         theirs(first.to(dev))
     t_ours, t_theirs = [], []
-    outs: dict[int, dict[str, torch.Tensor]] = {}
+    outs: dict[int, dict[str, Any]] = {}
     for _ in range(max(1, repeats)):
         for i, (fn, acc) in enumerate(((run_ours, t_ours), (run_theirs, t_theirs))):
             sync()
@@ -99,23 +99,24 @@ def bench_fid(folder: str | Path, weights: str | Path, batch_size: int = 64, dev
     return {"bench": "fid-features", "images": n, "batch_size": batch_size, "device": str(dev),
             "torch_threads": torch.get_num_threads(),
             "mgen_images_per_s": ours_ips, "torch_fidelity_images_per_s": theirs_ips,
-            "speedup": ours_ips / theirs_ips, "max_rel_feature_diff": max_diff,
-            "seconds_mgen": t_ours, "seconds_torch_fidelity": t_theirs}
-
-
-def markdown(r: dict[str, Any]) -> str:
-    return ("| bench | images | device | batch | mgen img/s | torch-fidelity img/s | speed-up | max rel. feature diff |\n"
-            "|---|---|---|---|---|---|---|---|\n"
-            f"| fid features | {r['images']} | {r['device']} | {r['batch_size']} | {r['mgen_images_per_s']:.1f} | "
-            f"{r['torch_fidelity_images_per_s']:.1f} | {r['speedup']:.2f}x | {r['max_rel_feature_diff']:.1e} |")
+            "speedup": ours_ips / theirs_ips, "max_rel_feature_diff": max_diff, "repeats": len(t_ours),
+            "median_s_mgen": statistics.median(t_ours), "median_s_torch_fidelity": statistics.median(t_theirs)}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the benchmark from parsed arguments; prints a markdown table, returns (and optionally writes) the result."""
+    """Inception feature extraction images/s: mgen vs torch-fidelity on the same folder, same run."""
+    import torch
+
     from mgen.eval.inception import random_inception_weights, resolve_inception_weights
 
     if args.batch_size < 1 or args.repeats < 1 or args.num < 1 or args.size < 8:
         raise UserError("--batch-size, --repeats, --num must be positive and --size at least 8")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.folder:
+        from mgen.eval.inputs import list_image_files
+
+        list_image_files(args.folder)  # one clear line for a missing / empty folder
     with tempfile.TemporaryDirectory(prefix="mgen-bench-fid-") as tmp:
         folder = Path(args.folder) if args.folder else _digits_folder(Path(tmp) / "imgs", args.num, args.size)
         if args.inception_weights:
@@ -126,9 +127,4 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r = bench_fid(folder, weights, args.batch_size, args.device, args.repeats)
     r["folder"] = str(args.folder) if args.folder else f"{args.num} digits PNGs at {args.size}px (temporary)"
     r["inception_weights"] = "random init (speed only)" if random_w else str(weights)
-    print(markdown(r))
-    if args.json:
-        from mgen.commands.eval import _write_json
-
-        _write_json(args.json, r)
     return r
