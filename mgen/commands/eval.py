@@ -250,6 +250,7 @@ def _run_model(args: argparse.Namespace) -> dict[str, Any] | None:
 
             real_src = as_source(args.real, "real")
     num_samples = args.num_samples if args.num_samples is not None else (1000 if digits else 50000)
+    pipe = _load_pipeline(args.model, args.weights, device)  # fails early (one line) when weights are missing
     extractor = None
     weights_id = None
     if metrics:
@@ -263,7 +264,6 @@ def _run_model(args: argparse.Namespace) -> dict[str, Any] | None:
         from mgen.eval.digits import load_classifier
 
         classifier = load_classifier(args.digits_classifier, device)
-    pipe = _load_pipeline(args.model, args.weights, device)
     entry = None
     try:
         from mgen import registry
