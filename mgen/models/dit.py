@@ -446,13 +446,15 @@ def split_train_settings(train: Mapping[str, Any]) -> tuple[dict[str, Any], dict
     return own, {k: v for k, v in train.items() if k not in TASK_KEYS}
 
 
-def load_tokenizer(name_or_path: str | os.PathLike) -> nn.Module:
-    """The tokenizer a generator config names: KL (``sd-vae-ft-ema``, ``kl-digits``) or RAE (``rae-digits``)."""
+def load_tokenizer(name_or_path: str | os.PathLike, family: str | None = None) -> nn.Module:
+    """The tokenizer a generator config names: KL (``sd-vae-ft-ema``, ``kl-digits``) or RAE (``rae-digits``).
+
+    For a path, ``family`` (kl or rae; default kl) says which loader reads it."""
     from mgen import registry
 
-    family = "kl"
     if not Path(name_or_path).expanduser().exists():
         family = registry.get(str(name_or_path)).family
+    family = family or "kl"
     if family == "rae":
         from mgen.tokenizers.rae import RAETokenizer
 

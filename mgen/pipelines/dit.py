@@ -74,7 +74,7 @@ class DiTPipeline(DiffusionPipeline):
         tok = tokenizer if tokenizer is not None else (entry.tokenizer if entry else None)
         if tok is None:
             raise UserError("no tokenizer: pass tokenizer= (e.g. sd-vae-ft-ema or a VAE folder)")
-        vae = load_vae(tok) if not isinstance(tok, torch.nn.Module) else tok
+        vae = load_vae(tok, tokenizer_family(entry)) if not isinstance(tok, torch.nn.Module) else tok
         sampler = DDPMSampler.from_mapping(dict(entry.sampler) if entry else {}, **sampler_overrides)
         pipe = cls(transformer.eval(), vae.eval(), sampler)
         return pipe.to(device)
@@ -88,6 +88,10 @@ class DiTPipeline(DiffusionPipeline):
         for module in (self.transformer, self.vae):
             module.to(*args, **kwargs)
         return self
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.transformer.config.num_classes)
 
     @property
     def device(self) -> torch.device:
@@ -104,9 +108,12 @@ class DiTPipeline(DiffusionPipeline):
         return_dict: bool = True,
         method: str | None = None,
         latents: torch.Tensor | None = None,
+        temperature: float | None = None,
     ) -> ImagePipelineOutput | tuple:
         """Generate one image per class label. ``None`` settings fall back to the model's config
         (DiT-XL/2: 250 DDPM steps, guidance 1.5). ``output_type``: pil, np, pt or latent."""
+        if temperature is not None:
+            raise UserError(f"{type(self).__name__} has no temperature setting (it samples a diffusion / flow ODE)")
         if output_type not in OUTPUT_TYPES:
             raise UserError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}; got {output_type!r}")
         if isinstance(generator, (list, tuple)):
@@ -124,8 +131,20 @@ class DiTPipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=images)
 
 
-def load_vae(name_or_path: str | os.PathLike) -> torch.nn.Module:
-    """The tokenizer (KL-VAE or RAE) from a registry name or a path."""
+def load_vae(name_or_path: str | os.PathLike, family: str | None = None) -> torch.nn.Module:
+    """The tokenizer (KL-VAE or RAE) from a registry name or a path (``family`` says which, for paths)."""
     from mgen.models.dit import load_tokenizer
 
-    return load_tokenizer(name_or_path)
+    return load_tokenizer(name_or_path, family)
+
+
+def tokenizer_family(entry: Any) -> str | None:
+    """The family (kl / rae) of the tokenizer a generator config names, if it is registered."""
+    from mgen import registry
+
+    if entry is None or not entry.tokenizer:
+        return None
+    try:
+        return registry.get(entry.tokenizer).family
+    except UserError:
+        return None

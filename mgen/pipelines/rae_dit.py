@@ -32,7 +32,7 @@ class RAEDiTPipeline(DiTPipeline):
         config's ``tokenizer`` unless given) and flow-sampler settings (config ``sampler:`` + overrides)."""
         from mgen import registry
         from mgen.models.lightningdit import LightningDiT
-        from mgen.pipelines.dit import load_vae
+        from mgen.pipelines.dit import load_vae, tokenizer_family
 
         entry = None
         if not os.path.exists(os.fspath(model)):
@@ -43,7 +43,7 @@ class RAEDiTPipeline(DiTPipeline):
         tok = tokenizer if tokenizer is not None else (entry.tokenizer if entry else None)
         if tok is None:
             raise UserError("no tokenizer: pass tokenizer= (the RAE the model was trained on)")
-        vae = load_vae(tok) if not isinstance(tok, torch.nn.Module) else tok
+        vae = load_vae(tok, tokenizer_family(entry) or "rae") if not isinstance(tok, torch.nn.Module) else tok
         sampler = FlowSampler.from_mapping(dict(entry.sampler) if entry else {"shift": "auto"}, **sampler_overrides)
         return cls(transformer.eval(), vae.eval(), sampler).to(device)
 
