@@ -64,10 +64,11 @@ def _cycle_end(plan: list[str], t: int) -> int:
 
 def _priority(ranked: torch.Tensor, n: int, conf: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
     """Confidence that makes the base sampler decode ``ranked``'s positions in their order: ranked
-    positions get 1e9 − rank, other masked ones −1e9, visible ones keep their +∞."""
+    positions get k − rank (≥ 1), other masked ones −1, visible ones keep their +∞ (small integers,
+    exact in float32)."""
     b, k = ranked.shape
-    pri = torch.full((b, n), -1e9, dtype=conf.dtype, device=conf.device)
-    pri.scatter_(1, ranked, 1e9 - torch.arange(k, dtype=conf.dtype, device=conf.device).expand(b, k))
+    pri = torch.full((b, n), -1.0, dtype=conf.dtype, device=conf.device)
+    pri.scatter_(1, ranked, (k - torch.arange(k, device=conf.device)).to(conf.dtype).expand(b, k))
     return torch.where(masked, pri, conf)
 
 
