@@ -154,6 +154,7 @@ class MaskGITPipeline(DiffusionPipeline):
         return_dict: bool = True,
         *,
         batch_size: int | None = None,
+        recap: Any = None,
         **decoder_settings: Any,
     ) -> ImagePipelineOutput | tuple:
         """One image per class label (``class_labels=None`` + ``batch_size``: unconditional); the same
@@ -162,7 +163,8 @@ class MaskGITPipeline(DiffusionPipeline):
         ``temperature``: the sampling temperature (ENAT: ``samp_temp``, annealed).
         ``decoder_settings``: the sampler's other fields (MaskGIT: schedule, choice_temperature, top_k,
         top_p; ENAT: mask_temp, reuse, top_k, top_p). ``output_type``: pil, np (B, H, W, 3 in [0, 1]),
-        pt (B, 3, H, W in [0, 1]) or latent (the code grids B×h×w)."""
+        pt (B, 3, H, W in [0, 1]) or latent (the code grids B×h×w). ``recap``: context-feature reuse
+        (:func:`mgen.samplers.recap.wrap`: None, True, or ``{"pre_full_steps", "cache_steps"}``)."""
         if output_type not in OUTPUT_TYPES:
             raise UserError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}; got {output_type!r}")
         if isinstance(generator, (list, tuple)):
@@ -180,6 +182,10 @@ class MaskGITPipeline(DiffusionPipeline):
         if temperature is not None:
             overrides["temperature" if "temperature" in known else "samp_temp"] = temperature
         sampler = self.make_sampler(**overrides)
+        if recap is not None:
+            from mgen.samplers.recap import wrap
+
+            sampler = wrap(sampler, recap)
         labels = as_labels(class_labels, self.transformer.num_classes, self.device)
         if labels is None and batch_size is None:
             raise UserError("pass class_labels (or batch_size for unconditional samples)")
