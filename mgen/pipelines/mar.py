@@ -119,9 +119,11 @@ class MARPipeline(DiffusionPipeline):
                  guidance_scale: float | None = None, guidance_schedule: str | None = None, temperature: float | None = None,
                  generator: torch.Generator | None = None, output_type: str = "pil", return_dict: bool = True, *,
                  head_steps: int | None = None, batch_size: int | None = None, progress: bool = False,
-                 profile: bool = False) -> ImagePipelineOutput | tuple:
+                 profile: bool = False, recap: Any = None) -> ImagePipelineOutput | tuple:
         """Sample one image per class label (MAR §3.4 with CFG); ``output_type`` "pil", "np" (B, H, W, 3 in [0, 1])
-        or "pt" (B, 3, H, W in [0, 1]). ``class_labels=None`` with ``batch_size`` samples unconditionally."""
+        or "pt" (B, 3, H, W in [0, 1]). ``class_labels=None`` with ``batch_size`` samples unconditionally.
+        ``recap``: context-feature reuse (:func:`mgen.samplers.recap.wrap`: None, True, or
+        ``{"pre_full_steps", "cache_steps", "head_fast_ratio"}``)."""
         if output_type not in ("pil", "np", "pt", "latent"):
             raise UserError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
         if class_labels is None:
@@ -135,6 +137,10 @@ class MARPipeline(DiffusionPipeline):
             if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
                 raise UserError(f"class labels must be in 0..{self.num_classes - 1}, got {labels.tolist()[:8]}")
         sampler = self.make_sampler(num_inference_steps, guidance_scale, guidance_schedule, temperature, head_steps, progress)
+        if recap is not None:
+            from mgen.samplers.recap import wrap
+
+            sampler = wrap(sampler, recap)
         self.last_sampler = sampler
         latents = sampler.sample(self.transformer, labels, generator=generator, batch_size=batch_size, profile=profile)
         if output_type == "latent":
