@@ -41,12 +41,19 @@ def _enat(src: Path, out: Path, **opts: Any) -> None:
     convert_checkpoint(src, out, **opts)
 
 
+def _mar(src: Path, out: Path, **opts: Any) -> None:
+    from mgen.pipelines.mar import convert_official_checkpoint
+
+    convert_official_checkpoint(src, out, **opts)
+
+
 #: kind -> (one-line description, converter(src, out, **opts)). Other areas add their own entries.
 CONVERTERS: dict[str, tuple[str, Callable[..., None]]] = {
     "kl16": ("MAR's official LDM KL-16 VAE kl16.ckpt -> KLTokenizer safetensors folder", _kl16),
     "maskgit-vqgan": ("valeoai/Maskgit-pytorch VQGAN last.ckpt -> VQTokenizer safetensors folder", _maskgit_vqgan),
     "maskgit": ("valeoai/Maskgit-pytorch MaskGIT_ImageNet_256.pth -> MaskGIT safetensors folder", _maskgit),
     "enat": ("LeapLabTHU/ENAT nnet_ema.pth -> ENAT safetensors folder (--opt config=enat-l)", _enat),
+    "mar": ("LTH14/mar checkpoint-last.pth -> MARPipeline folder (EMA; --opt config=mar-b --opt tokenizer=kl16.ckpt)", _mar),
 }
 
 

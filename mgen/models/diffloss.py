@@ -115,8 +115,12 @@ class SimpleMLPAdaLN(nn.Module):
 
     def forward_embedded(self, x: torch.Tensor, t: torch.Tensor, c_emb: torch.Tensor) -> torch.Tensor:
         """The network with the condition already embedded; ``t`` is (N,) or a scalar-like (1,) tensor."""
+        return self.forward_with_embeddings(x, self.time_embed(t.reshape(-1)), c_emb)
+
+    def forward_with_embeddings(self, x: torch.Tensor, t_emb: torch.Tensor, c_emb: torch.Tensor) -> torch.Tensor:
+        """The network given ``time_embed(t)`` ((N, W) or (1, W)) and ``cond_embed(z)`` (N, W)."""
         h = self.input_proj(x)
-        y = self.time_embed(t.reshape(-1)) + c_emb
+        y = t_emb + c_emb
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
             for block in self.res_blocks:
                 h = checkpoint(block, h, y, use_reentrant=False)
@@ -280,22 +284,26 @@ class GaussianDiffusion:
         if not guided and z.shape[0] != noise.shape[0]:
             raise ValueError(f"{z.shape[0]} conditions for {noise.shape[0]} tokens")
         c = self._t(noise.device)
+        a = self._np
         c_emb = net.embed_condition(z)
+        t_emb = net.time_embed(c["timestep_map"])  # every respaced step's embedding in one call
         x = noise.float()
-        n = x.shape[0]
+        n, ch = x.shape
         for i in reversed(range(self.num_timesteps)):
-            t_orig = c["timestep_map"][i:i + 1]
             if guided:
-                out = net.forward_embedded(torch.cat([x, x]).to(c_emb.dtype), t_orig, c_emb)
-                ch = x.shape[1]
-                eps_c, eps_u = out[:n, :ch], out[n:, :ch]
+                out = net.forward_with_embeddings(torch.cat([x, x]).to(c_emb.dtype), t_emb[i:i + 1], c_emb)
+                eps_c, eps_u = out[:n, :ch].float(), out[n:, :ch].float()
                 eps = eps_u + cfg * (eps_c - eps_u)
-                out = torch.cat([eps, out[:n, ch:]], dim=1)
+                v = out[:n, ch:].float()
             else:
-                out = net.forward_embedded(x.to(c_emb.dtype), t_orig, c_emb)
-            ti = torch.full((n,), i, dtype=torch.long, device=x.device)
-            mean, logvar = self.p_mean_logvar(out, x, ti)
+                out = net.forward_with_embeddings(x.to(c_emb.dtype), t_emb[i:i + 1], c_emb).float()
+                eps, v = out[:, :ch], out[:, ch:]
+            # μ_θ and learned-range log σ² (IDDPM eqs. 11-15) with this step's scalars
+            x0 = float(a["sqrt_recip_ac"][i]) * x - float(a["sqrt_recipm1_ac"][i]) * eps
+            mean = float(a["post_coef1"][i]) * x0 + float(a["post_coef2"][i]) * x
             if i > 0:
+                frac = (v + 1) / 2
+                logvar = frac * float(a["log_betas"][i]) + (1 - frac) * float(a["post_logvar_clipped"][i])
                 nz = step_noise[i] if step_noise is not None else torch.randn(
                     x.shape, generator=generator, device=generator.device if generator is not None else x.device).to(x.device)
                 x = mean + torch.exp(0.5 * logvar) * nz.float() * temperature

@@ -186,6 +186,8 @@ def _load_folder(cls: type, p: Path, weights: Any, tokenizer: Any, device: Any, 
     from mgen.models.mar import MAR
 
     tr = MAR.from_pretrained(weights if weights is not None else p / "transformer")
+    if tokenizer is None and not (p / "tokenizer").is_dir():
+        raise WeightsError(f"{p}: the pipeline folder has no tokenizer/; pass --tokenizer-weights PATH")
     tok = load_tokenizer(tokenizer if tokenizer is not None else p / "tokenizer")
     sched = DDPMScheduler.from_pretrained(p / "scheduler") if (p / "scheduler").exists() else head_scheduler()
     pipe = cls(tokenizer=tok, transformer=tr, scheduler=sched)
@@ -230,9 +232,9 @@ def load_mar_pipeline(model: str | os.PathLike = "mar-digits", weights: str | os
                 try:
                     hub.resolve(tok_name, tok_spec, what="tokenizer-weights")
                 except WeightsError as e:
-                    missing.append(str(e))
+                    missing.append(str(e).replace("--weights PATH", "--tokenizer-weights PATH"))
     if missing:
-        raise WeightsError("missing weights: " + " | ".join(missing))
+        raise WeightsError(f"{len(missing)} weights file{'s' if len(missing) > 1 else ''} missing: " + " | ".join(missing))
     tr = MAR.from_pretrained(gen_path, config=entry.name if entry else None)
     tok = load_tokenizer(entry.tokenizer if (entry and entry.tokenizer) else tok_spec,
                          weights=None if isinstance(tok_spec, torch.nn.Module) else tok_spec) if not isinstance(tok_spec, torch.nn.Module) else tok_spec
@@ -244,3 +246,42 @@ def load_mar_pipeline(model: str | os.PathLike = "mar-digits", weights: str | os
 
 
 __all__ = ["MARPipeline", "load_mar_pipeline", "load_tokenizer", "head_scheduler", "np"]
+
+
+def convert_official_checkpoint(src: str | os.PathLike, out: str | os.PathLike, config: str | None = None,
+                                tokenizer: str | None = None, ema: bool = True) -> Path:
+    """Official MAR ``checkpoint-last.pth`` → a MARPipeline folder (safetensors; EMA weights by default).
+
+    ``config``: the MAR registry name (default: read from the checkpoint's ``args``); ``tokenizer``: the
+    tokenizer's name or file (default: the config's, e.g. kl16, if its weights are found). Without a
+    tokenizer the folder holds the transformer and scheduler only, and loading it needs ``--tokenizer-weights``.
+    """
+    import shutil
+    import tempfile
+
+    from mgen import hub, registry
+    from mgen.models.mar import MAR
+
+    tr = MAR.from_pretrained(src, config=config, ema=ema)
+    entry = registry.get(config) if config else None
+    tok = None
+    if tokenizer is not None:
+        tok = load_tokenizer(tokenizer) if not Path(tokenizer).exists() or Path(tokenizer).is_dir() else \
+            load_tokenizer((entry.tokenizer if entry else "kl16"), weights=tokenizer)
+    elif entry is not None and entry.tokenizer and hub.find_weights(registry.get(entry.tokenizer)) is not None:
+        tok = load_tokenizer(entry.tokenizer)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-mar-", dir=out.parent))
+    try:
+        pipe = MARPipeline(tokenizer=tok, transformer=tr)
+        if entry is not None:
+            pipe.defaults.update({k: v for k, v in entry.sampler.items() if k in pipe.defaults})
+        pipe.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
