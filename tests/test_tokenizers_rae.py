@@ -163,3 +163,20 @@ def test_training_builder_pretrains_mae_then_decoder(tmp_path):
     for k, v in trainer.unwrapped.encoder.state_dict().items():
         assert torch.equal(v, enc_before[k])  # the encoder stays frozen
     assert trainer.eval_model.encode(torch.zeros(2, 3, 8, 8)).shape == (2, 32, 2, 2)
+
+
+def test_siglip_vision_encoder_folder(tmp_path):
+    # SigLIP / fixed-resolution SigLIP2 vision towers: every output token is a patch token (no [CLS])
+    import torch.nn.functional as F
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(0)
+    m = SiglipVisionModel(SiglipVisionConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=1,
+                                             num_attention_heads=4, intermediate_size=64)).eval()
+    m.save_pretrained(tmp_path / "siglip")
+    tok = RAETokenizer.from_encoder(tmp_path / "siglip", DEC, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        h = m.encoder(inputs_embeds=m.embeddings(x)).last_hidden_state
+        ref = F.layer_norm(h, (32,), eps=m.config.layer_norm_eps)  # final LayerNorm without its affine (RAE)
+        torch.testing.assert_close(tok.raw_latents(x), ref.transpose(1, 2).reshape(2, 32, 4, 4), rtol=1e-5, atol=1e-5)
