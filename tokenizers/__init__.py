@@ -63,14 +63,14 @@ else:
             cfg = p / "config.json" if p.is_dir() else p.parent / "config.json"
             if p.is_dir() and (p / "config.json").is_file():
                 cls_name = json.loads(cfg.read_text()).get("_class_name", "")
-                family = {"AutoencoderKL": "kl", "VQModel": "vq", "RAETokenizer": "rae"}.get(cls_name)
+                family = {"AutoencoderKL": "kl", "VQModel": "vq", "RAETokenizer": "rae", "AutoencoderRAE": "rae"}.get(cls_name)
             elif p.suffix == ".safetensors":
                 from safetensors import safe_open
 
                 with safe_open(str(p), "pt") as f:
                     meta = (f.metadata() or {}).get("config", "{}")
                 cls_name = json.loads(meta).get("_class_name", "")
-                family = {"AutoencoderKL": "kl", "VQModel": "vq", "RAETokenizer": "rae"}.get(cls_name)
+                family = {"AutoencoderKL": "kl", "VQModel": "vq", "RAETokenizer": "rae", "AutoencoderRAE": "rae"}.get(cls_name)
             if family is None:
                 raise UserError(f"{p}: cannot tell which tokenizer this is; use KLTokenizer/VQTokenizer/RAETokenizer.from_pretrained")
         cls = {"kl": "KLTokenizer", "vq": "VQTokenizer", "rae": "RAETokenizer"}.get(family)
