@@ -76,6 +76,30 @@ def metrics_from_features(fake: dict[str, torch.Tensor], real: dict[str, torch.T
     return out
 
 
+def check_same_kind(fake_src: ImageSource, real_src: ImageSource | None) -> None:
+    """Refuse grey images against colour ones (a preprocessing mismatch, not a model property)."""
+    if real_src is None or fake_src.grey is None or real_src.grey is None or fake_src.grey == real_src.grey:
+        return
+    kinds = ("colour", "grey")
+    raise UserError(f"fake images are {kinds[fake_src.grey]} but real images are {kinds[real_src.grey]}: "
+                    "compare images of the same kind")
+
+
+def _check_counts(ms: list[str], n_fake: int | None, n_real: int | None, kid_subset_size: int, isc_splits: int,
+                  pr_k: int) -> None:
+    """Fail before the (slow) feature extraction when the image counts cannot give the metrics asked."""
+    known = [n for n in (n_fake, n_real) if n is not None]
+    if "kid" in ms and known and min(known) < kid_subset_size:
+        raise UserError(f"KID subset size {kid_subset_size} is larger than the number of images ({min(known)}); "
+                        "lower it with kid_subset_size / --kid-subset-size")
+    if "is" in ms and n_fake is not None and n_fake < isc_splits:
+        raise UserError(f"Inception Score with {isc_splits} splits needs at least {isc_splits} images, got {n_fake}")
+    if "pr" in ms and known and min(known) <= pr_k:
+        raise UserError(f"precision/recall with k={pr_k} need more than {pr_k} images on each side, got {min(known)}")
+    if "fid" in ms and n_fake is not None and n_fake < 2:
+        raise UserError(f"FID needs at least 2 images, got {n_fake}")
+
+
 def extract_source(src: ImageSource, extractor: InceptionFeatures, batch_size: int, progress: bool) -> dict[str, torch.Tensor]:
     return extractor.extract(src.batches(batch_size), total=src.num_images, progress=progress, desc=src.name)
 
@@ -108,10 +132,9 @@ def evaluate(fake: Any, real: Any = None, inception_weights: str | os.PathLike |
             real_stats = _fid.load_stats(real)
         else:
             real_src = as_source(real, "real")
-            if fake_src.grey is not None and real_src.grey is not None and fake_src.grey != real_src.grey:
-                kinds = ("colour", "grey")
-                raise UserError(f"fake images are {kinds[fake_src.grey]} but real images are {kinds[real_src.grey]}: "
-                                "compare images of the same kind")
+            check_same_kind(fake_src, real_src)
+    _check_counts(ms, fake_src.num_images, real_src.num_images if real_src is not None else None,
+                  kid_subset_size, isc_splits, pr_k)
     extractor = extractor or InceptionFeatures(inception_weights, device)
     fake_feats = extract_source(fake_src, extractor, batch_size, progress)
     real_feats = extract_source(real_src, extractor, batch_size, progress) if real_src is not None else None

@@ -119,3 +119,13 @@ def test_model_streaming_digits_metrics_and_resume(tmp_path, capsys):
     capsys.readouterr()
     assert main([*args[:-3], "--seed", "1", "--work-dir", str(tmp_path / "work"), "--no-progress"]) == 2
     assert "another run" in capsys.readouterr().err
+
+
+def test_too_few_images_for_kid_fails_before_extraction(tmp_path, good_real, capsys):
+    out = tmp_path / "r.json"
+    # no Inception file is needed: the counts are checked first
+    rc = main(["eval", "--fake", str(good_real), "--real", str(good_real), "--inception-weights",
+               str(tmp_path / "missing.pth"), "--json", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "KID subset size 1000" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_folders(args: argparse.Namespace) -> dict[str, Any]:
     from mgen.eval import fid as fidlib
-    from mgen.eval.evaluate import evaluate, is_stats_file, normalize_metrics
+    from mgen.eval.evaluate import _check_counts, check_same_kind, evaluate, is_stats_file, normalize_metrics
     from mgen.eval.inception import InceptionFeatures, resolve_inception_weights
     from mgen.eval.inputs import as_source
 
@@ -155,6 +155,10 @@ def _run_folders(args: argparse.Namespace) -> dict[str, Any]:
     if real_is_npz:
         fidlib.load_stats(args.real)
     real_src = as_source(args.real, "real") if args.real and not real_is_npz else None
+    if fake_src is not None:
+        check_same_kind(fake_src, real_src)
+        _check_counts(metrics, fake_src.num_images, real_src.num_images if real_src is not None else None,
+                      args.kid_subset_size, args.isc_splits, args.pr_k)
     weights = resolve_inception_weights(args.inception_weights)
     extractor = InceptionFeatures(weights, args.device)
     result: dict[str, Any] = {}
