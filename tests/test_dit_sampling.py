@@ -160,3 +160,21 @@ def test_mgen_train_builders(tmp_path, monkeypatch, name):
     assert rec["step"] == 2 and math.isfinite(rec["loss"])
     assert (tmp_path / "run" / "checkpoint" / "ema.safetensors").exists()
     assert (tmp_path / "run" / "samples" / "step_0000002.png").exists()
+
+
+def test_pipeline_with_diffusers_vae_and_bf16_autocast():
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(block_out_channels=(8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 3,
+                        up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, norm_num_groups=4,
+                        scaling_factor=0.18215).eval()
+    pipe = DiTPipeline(tiny_model(), vae, DDPMSampler(num_inference_steps=3))
+    img = pipe([1, 2], generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert img.shape == (2, 3, 16, 16)
+    model = tiny_model()
+    x, t, y = torch.randn(2, 4, 4, 4), torch.tensor([10, 900]), torch.tensor([1, 10])
+    with torch.no_grad():
+        ref = model(x, t, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x, t, y)
+    assert (low.float() - ref).abs().max().item() < 0.05 * ref.abs().max().item() + 1e-3

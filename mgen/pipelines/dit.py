@@ -22,9 +22,9 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 def decode_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     """Scaled latents → images in [-1, 1] through an mgen tokenizer or a diffusers ``AutoencoderKL``."""
-    sf = getattr(vae, "scaling_factor", None)
-    if sf is None:
-        sf = getattr(getattr(vae, "config", None), "scaling_factor", 1.0)
+    sf = vars(vae).get("scaling_factor")  # mgen tokenizers keep it as an attribute
+    if sf is None:  # diffusers AutoencoderKL keeps it in its config
+        sf = getattr(getattr(vae, "config", None), "scaling_factor", None) or 1.0
     z = latents / float(sf)
     param = next(vae.parameters(), None)
     if param is not None:
