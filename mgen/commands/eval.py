@@ -50,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--no-digits", dest="digits", action="store_false")
     m.add_argument("--digits-classifier", metavar="PATH", help="digits classifier weights (default: the shipped one)")
     s = p.add_argument_group("sampling (with --model)")
-    s.add_argument("--num-samples", type=int, default=None, help="number of samples (default 50000; 1000 for digits)")
+    s.add_argument("--num-samples", type=int, default=None,
+                   help="number of samples (default 50000; 500, i.e. 50 per class, for digits models)")
     s.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     s.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
     s.add_argument("--num-classes", type=int, default=None, help="classes to cycle through (default: the model's)")
@@ -253,7 +254,7 @@ def _run_model(args: argparse.Namespace) -> dict[str, Any] | None:
             from mgen.eval.inputs import as_source
 
             real_src = as_source(args.real, "real")
-    num_samples = args.num_samples if args.num_samples is not None else (1000 if digits else 50000)
+    num_samples = args.num_samples if args.num_samples is not None else (500 if digits else 50000)
     pipe = _load_pipeline(args.model, args.weights, device)  # fails early (one line) when weights are missing
     extractor = None
     weights_id = None
