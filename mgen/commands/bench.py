@@ -141,10 +141,25 @@ def _run_fid(args: argparse.Namespace) -> dict[str, Any]:
     return run_fid(args)
 
 
+# -- recap (owned by the ReCAP area: mgen/pipelines/recap_bench.py) -----------------------------------
+def _add_recap(p: argparse.ArgumentParser) -> None:
+    from mgen.pipelines.recap_bench import add_args
+
+    add_args(p)
+
+
+def _run_recap(args: argparse.Namespace) -> dict[str, Any]:
+    """ReCAP vs full evaluation at the same total steps: images/s, FLOPs/image, digits quality."""
+    from mgen.pipelines.recap_bench import run as run_recap
+
+    return run_recap(args)
+
+
 #: name -> (add_args(parser), run(args) -> result dict)
 BENCHES: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], dict[str, Any]]]] = {
     "sample": (_add_sample, _run_sample),
     "fid": (_add_fid, _run_fid),
+    "recap": (_add_recap, _run_recap),
 }
 
 
