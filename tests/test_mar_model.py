@@ -174,6 +174,8 @@ def test_cosine_schedule_matches_diffusers_and_respacing():
     # IDDPM docstring example: 300 steps in sections of 10, 15, 20
     steps = space_timesteps(300, [10, 15, 20])
     assert len(steps) == 45 and steps[0] == 0 and steps[9] == 99 and steps[10] == 100 and steps[-1] == 299
+    lin = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02).betas.double().numpy()
+    assert np.allclose(GaussianDiffusion(None, noise_schedule="linear").betas, lin, rtol=1e-5, atol=1e-8)
     d = GaussianDiffusion(100)
     assert d.num_timesteps == 100 and d.timestep_map[0] == 0 and d.timestep_map[-1] == 999
     # respaced cumulative products equal the base ones at the kept steps
@@ -212,8 +214,11 @@ def test_head_sampling_with_exact_noise_is_reverse_diffusion():
         def embed_condition(self, c):
             return c
 
-        def forward_embedded(self, x, t, c):
-            ac = torch.as_tensor(np.cumprod(1 - cosine_betas(1000)), dtype=torch.float32)[t.reshape(-1)]
+        def time_embed(self, t):
+            return t.reshape(-1, 1)
+
+        def forward_with_embeddings(self, x, t_emb, c):
+            ac = torch.as_tensor(np.cumprod(1 - cosine_betas(1000)), dtype=torch.float32)[t_emb.reshape(-1).long()]
             eps = (x - ac.sqrt()[:, None] * c) / (1 - ac).sqrt()[:, None]
             return torch.cat([eps, torch.zeros_like(eps)], dim=1)
 

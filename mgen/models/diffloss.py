@@ -13,7 +13,8 @@ Everything here matches the official code (github.com/LTH14/mar, ``models/difflo
   variance interpolation). Parameter names are the official ones (``diffloss.net.*`` in a MAR
   state dict) so ``checkpoint-last.pth`` loads unchanged;
 * noise schedule: the cosine ᾱ(t) of Nichol & Dhariwal 2021 ("Improved DDPM", eq. 17, s = 0.008,
-  β clipped at 0.999) over 1000 training steps — diffusers' ``DDPMScheduler(beta_schedule=
+  β clipped at 0.999) over 1000 training steps (MAR's choice; the official ``create_diffusion``'s
+  ``"linear"`` DDPM schedule is selectable for small models, see ``noise_schedule``) — diffusers' ``DDPMScheduler(beta_schedule=
   "squaredcos_cap_v2")`` is the same schedule (tested), but we keep float64 like the official code;
 * variance: "learned range" (IDDPM eq. 15), log σ² = v·log β_t + (1 − v)·log β̃_t with v = (out + 1)/2;
   loss = MSE(ε) + the VLB term (IDDPM eq. 16, bits) with a stop-gradient on the mean;
@@ -145,6 +146,15 @@ def cosine_betas(num_timesteps: int = 1000, max_beta: float = 0.999) -> np.ndarr
                      for i in range(num_timesteps)], dtype=np.float64)
 
 
+def linear_betas(num_timesteps: int = 1000) -> np.ndarray:
+    """DDPM's linear β from 1e-4 to 0.02, rescaled to ``num_timesteps`` (Ho et al. 2020 §4; IDDPM's "linear")."""
+    scale = 1000 / num_timesteps
+    return np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
+
+
+NOISE_SCHEDULES = {"cosine": cosine_betas, "linear": linear_betas}
+
+
 def space_timesteps(num_timesteps: int, section_counts: int | str | list[int]) -> list[int]:
     """The retained timesteps when respacing (IDDPM ``space_timesteps``): evenly strided per section, rounded."""
     if isinstance(section_counts, str):
@@ -195,8 +205,11 @@ class GaussianDiffusion:
     like the official ``_extract_into_tensor``.
     """
 
-    def __init__(self, num_sampling_steps: int | str | None = None, num_train_timesteps: int = 1000) -> None:
-        base = cosine_betas(num_train_timesteps)
+    def __init__(self, num_sampling_steps: int | str | None = None, num_train_timesteps: int = 1000,
+                 noise_schedule: str = "cosine") -> None:
+        if noise_schedule not in NOISE_SCHEDULES:
+            raise ValueError(f"unknown noise_schedule {noise_schedule!r}; choose {', '.join(NOISE_SCHEDULES)}")
+        base = NOISE_SCHEDULES[noise_schedule](num_train_timesteps)
         base_ac = np.cumprod(1.0 - base)
         use = space_timesteps(num_train_timesteps, num_sampling_steps or num_train_timesteps)
         last, betas = 1.0, []
@@ -316,11 +329,12 @@ class DiffLoss(nn.Module):
     """The diffusion-loss head: ``net`` (SimpleMLPAdaLN) + training and sampling diffusions (MAR ``DiffLoss``)."""
 
     def __init__(self, target_channels: int, z_channels: int, depth: int, width: int,
-                 num_sampling_steps: int | str = 100, grad_checkpointing: bool = False) -> None:
+                 num_sampling_steps: int | str = 100, grad_checkpointing: bool = False, noise_schedule: str = "cosine") -> None:
         super().__init__()
         self.in_channels = target_channels
+        self.noise_schedule = noise_schedule
         self.net = SimpleMLPAdaLN(target_channels, width, target_channels * 2, z_channels, depth, grad_checkpointing)
-        self.train_diffusion = GaussianDiffusion(None)
+        self.train_diffusion = GaussianDiffusion(None, noise_schedule=noise_schedule)
         self.num_sampling_steps = int(num_sampling_steps)
         self._gen: dict[int, GaussianDiffusion] = {}
 
@@ -328,7 +342,7 @@ class DiffLoss(nn.Module):
         """The respaced sampling diffusion with ``steps`` (default: the configured ``num_sampling_steps``)."""
         steps = int(steps or self.num_sampling_steps)
         if steps not in self._gen:
-            self._gen[steps] = GaussianDiffusion(steps)
+            self._gen[steps] = GaussianDiffusion(steps, noise_schedule=self.noise_schedule)
         return self._gen[steps]
 
     def forward(self, target: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None = None,

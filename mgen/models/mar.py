@@ -74,6 +74,7 @@ class MARConfig:
     num_sampling_steps: int = 100
     diffusion_batch_mul: int = 4
     grad_checkpointing: bool = False
+    noise_schedule: str = "cosine"  # the head's β schedule: MAR uses "cosine"; "linear" (DDPM) for tiny models
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], where: str = "arch") -> "MARConfig":
@@ -130,7 +131,7 @@ def config_from_args(args: argparse.Namespace | Mapping[str, Any], state: Mappin
     """
     a = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
     model = a.get("model")
-    fields = {f.name for f in dataclasses.fields(MARConfig)} - {"grad_checkpointing"}
+    fields = {f.name for f in dataclasses.fields(MARConfig)} - {"grad_checkpointing", "noise_schedule"}
     kw = {k: a[k] for k in fields if k in a and a[k] is not None}
     kw["num_sampling_steps"] = int(kw.get("num_sampling_steps", 100))
     if model in PRESETS:
@@ -207,7 +208,8 @@ class MAR(ModelMixin, ConfigMixin):
                  mlp_ratio: float = 4.0, norm_eps: float = 1e-6, class_num: int = 1000, buffer_size: int = 64,
                  mask_ratio_min: float = 0.7, label_drop_prob: float = 0.1, attn_dropout: float = 0.1,
                  proj_dropout: float = 0.1, diffloss_d: int = 6, diffloss_w: int = 1024,
-                 num_sampling_steps: int = 100, diffusion_batch_mul: int = 4, grad_checkpointing: bool = False) -> None:
+                 num_sampling_steps: int = 100, diffusion_batch_mul: int = 4, grad_checkpointing: bool = False,
+                 noise_schedule: str = "cosine") -> None:
         super().__init__()
         cfg = MARConfig(**{k: v for k, v in locals().items() if k in {f.name for f in dataclasses.fields(MARConfig)}})
         cfg.validate()
@@ -248,7 +250,7 @@ class MAR(ModelMixin, ConfigMixin):
         self.diffusion_pos_embed_learned = nn.Parameter(torch.zeros(1, self.seq_len, decoder_embed_dim))
         self.initialize_weights()
         self.diffloss = DiffLoss(self.token_embed_dim, decoder_embed_dim, diffloss_d, diffloss_w,
-                                 num_sampling_steps, grad_checkpointing)
+                                 num_sampling_steps, grad_checkpointing, noise_schedule)
 
     # ---- init ---------------------------------------------------------------------------------
     def initialize_weights(self) -> None:
