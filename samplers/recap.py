@@ -268,3 +268,52 @@ def wrap(sampler: Any, recap: Any) -> Any:
             raise UserError(f"unknown ReCAP settings {sorted(bad)}; allowed: {sorted(known)}")
         return ReCAP(sampler, **recap)
     raise UserError(f"recap must be None, True, a dict or a ReCAP, got {type(recap).__name__}")
+
+
+def add_cli_arguments(p: Any) -> None:
+    """``--sampler recap`` / ``--recap-cache-steps N`` / ``--recap-pre-full-steps N`` / ``--recap-head-fast-ratio R``
+    (shared by ``mgen sample`` and ``mgen eval``)."""
+    g = p.add_argument_group("ReCAP context-feature reuse (MaskGIT, MAR)")
+    if "--sampler" not in getattr(p, "_option_string_actions", {}):
+        g.add_argument("--sampler", default=None,
+                       help="images: default | recap (interleave full steps with cheap steps that reuse cached "
+                            "attention K/V, ReCAP); text models: llada | dream | exact | joint")
+    g.add_argument("--recap-cache-steps", type=int, default=None, metavar="N",
+                   help="cheap steps after each full step (default 1)")
+    g.add_argument("--recap-pre-full-steps", type=int, default=None, metavar="N",
+                   help="full-only steps before the full/cheap cycles (default 0)")
+    g.add_argument("--recap-head-fast-ratio", type=float, default=None, metavar="R",
+                   help="MAR: diffusion-head steps on cheap steps as a fraction (official 0.4; default off)")
+
+
+def recap_from_cli(args: Any, family: str, steps: int | None) -> dict[str, Any] | None:
+    """The ``recap=`` pipeline argument from the CLI options (None when ``--sampler`` is not recap);
+    bad combinations raise :class:`UserError` before any weights are loaded. ``steps``: the total step
+    count when known (``--steps`` or the model's config)."""
+    sampler = getattr(args, "sampler", None) or "default"
+    if sampler not in ("default", "recap"):
+        raise UserError(f"--sampler {sampler!r}: image models take 'default' or 'recap'")
+    cache_steps = getattr(args, "recap_cache_steps", None)
+    pre = getattr(args, "recap_pre_full_steps", None)
+    ratio = getattr(args, "recap_head_fast_ratio", None)
+    if sampler != "recap":
+        if cache_steps is not None or pre is not None or ratio is not None:
+            raise UserError("--recap-* options need --sampler recap")
+        return None
+    if family not in ("maskgit", "mar"):
+        raise UserError(f"--sampler recap needs a generator that exposes its K/V cache (MaskGIT, MAR); "
+                        f"this model is a {family!r} model")
+    cache_steps = 1 if cache_steps is None else cache_steps
+    pre = 0 if pre is None else pre
+    if cache_steps < 0:
+        raise UserError(f"--recap-cache-steps must be >= 0, got {cache_steps}")
+    if pre < 0:
+        raise UserError(f"--recap-pre-full-steps must be >= 0, got {pre}")
+    if steps is not None and pre > steps:
+        raise UserError(f"--recap-pre-full-steps {pre} exceeds the total steps {steps}")
+    if ratio is not None:
+        if family != "mar":
+            raise UserError("--recap-head-fast-ratio applies to MAR's diffusion head only")
+        if not 0.0 < ratio <= 1.0:
+            raise UserError(f"--recap-head-fast-ratio must be in (0, 1], got {ratio}")
+    return {"pre_full_steps": pre, "cache_steps": cache_steps, "head_fast_ratio": ratio}

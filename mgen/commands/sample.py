@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
     p.add_argument("--out", default="samples", help="output folder (grid.png + one PNG per sample)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from mgen.samplers.recap import add_cli_arguments
+
+    add_cli_arguments(p)  # --sampler recap, --recap-cache-steps, --recap-pre-full-steps, --recap-head-fast-ratio
     try:  # the text-generation options of the dlm family share this command
         from mgen.pipelines.dlm import add_text_arguments
     except ImportError:
@@ -97,6 +100,10 @@ def run(args: argparse.Namespace) -> int:
         bad = [c for c in args.classes if not 0 <= c < num_classes]
         if bad:
             raise UserError(f"--class {bad[0]} is out of range for {model} (0..{num_classes - 1})")
+    from mgen.samplers.recap import recap_from_cli
+
+    recap = recap_from_cli(args, family, args.steps if args.steps is not None else
+                           (entry.sampler.get("num_steps") if entry is not None else None))
     out_dir = _check_out_dir(args.out)
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -127,6 +134,9 @@ def run(args: argparse.Namespace) -> int:
         if args.temperature is not None:
             kwargs["temperature"] = args.temperature
         settings = {k: v for k, v in kwargs.items()}
+    if recap is not None:
+        kwargs["recap"] = recap
+        settings = {**settings, "sampler": "recap", **{f"recap_{k}": v for k, v in recap.items() if v is not None}}
     weights = args.weights or ("(saved pipeline folder)" if entry is None else _weights_label(entry))
     print(f"mgen sample: model={model} weights={weights} device={device} num={num} seed={args.seed} "
           + " ".join(f"{k}={v}" for k, v in settings.items()) + f" classes={_short(labels)} out={out_dir}", flush=True)
