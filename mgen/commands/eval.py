@@ -64,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--json", metavar="OUT", help="write the results here (atomically)")
     o.add_argument("--save-stats", metavar="NPZ", help="write mu/sigma of --real (a folder), or of the fake images / samples")
     o.add_argument("--no-progress", action="store_true")
+    from mgen.samplers.recap import add_cli_arguments
+
+    add_cli_arguments(p)  # --sampler recap, --recap-cache-steps, --recap-pre-full-steps, --recap-head-fast-ratio
 
 
 def _write_json(path: str | os.PathLike, obj: dict[str, Any]) -> None:
@@ -114,8 +117,9 @@ def _check_args(args: argparse.Namespace) -> None:
     if not args.model and not args.fake and not (args.save_stats and args.real):
         raise UserError("nothing to evaluate: give --fake DIR or --model NAME (or --real DIR --save-stats NPZ)")
     if not args.model:
-        for name in ("num_samples", "steps", "cfg", "weights", "work_dir", "shard_size", "num_classes"):
-            if getattr(args, name) is not None:
+        for name in ("num_samples", "steps", "cfg", "weights", "work_dir", "shard_size", "num_classes", "sampler",
+                     "recap_cache_steps", "recap_pre_full_steps", "recap_head_fast_ratio"):
+            if getattr(args, name, None) is not None:
                 raise UserError(f"--{name.replace('_', '-')} only applies with --model")
     if args.json:
         j = Path(args.json)
@@ -255,6 +259,12 @@ def _run_model(args: argparse.Namespace) -> dict[str, Any] | None:
 
             real_src = as_source(args.real, "real")
     num_samples = args.num_samples if args.num_samples is not None else (500 if digits else 50000)
+    from mgen.pipelines import family_of
+    from mgen.samplers.recap import recap_from_cli
+
+    fam, fam_entry = family_of(args.model)
+    recap = recap_from_cli(args, fam, args.steps if args.steps is not None else
+                           (fam_entry.sampler.get("num_steps") if fam_entry is not None else None))
     pipe = _load_pipeline(args.model, args.weights, device)  # fails early (one line) when weights are missing
     extractor = None
     weights_id = None
@@ -277,7 +287,7 @@ def _run_model(args: argparse.Namespace) -> dict[str, Any] | None:
     except Exception:  # a path, or an unregistered name the pipeline loader understood
         entry = None
     num_classes = args.num_classes if args.num_classes is not None else _num_classes(pipe, entry, digits)
-    sample_fn = pipeline_sample_fn(pipe, args.steps, args.cfg, device=device)
+    sample_fn = pipeline_sample_fn(pipe, args.steps, args.cfg, device=device, **({"recap": recap} if recap else {}))
 
     def extract(images: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
@@ -292,6 +302,8 @@ def _run_model(args: argparse.Namespace) -> dict[str, Any] | None:
         return out
 
     sampler_settings = {"steps": args.steps, "cfg": args.cfg, "num_classes": num_classes}
+    if recap:
+        sampler_settings["recap"] = recap
     meta = {"model": args.model, "weights": args.weights, "sampler": sampler_settings,
             "features": sorted((["inception"] if extractor is not None else []) + (["digits"] if digits else [])),
             "inception_weights": weights_id["sha256"] if weights_id else None}
