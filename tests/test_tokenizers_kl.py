@@ -157,3 +157,20 @@ def test_registered_name_resolves_official_file(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="not a KL"):
         KLTokenizer.from_pretrained("maskgit-vqgan")
     assert main(["convert", "kl16", str(tmp_path / "missing.ckpt"), str(tmp_path / "o")]) == 2
+
+
+@pytest.mark.parametrize("name,params,stride", [
+    ("kl16", 66_456_019, 16),  # = LTH14/mar models/vae.py AutoencoderKL(embed_dim=16, ch_mult=(1,1,2,2,4))
+    ("sd-vae-ft-ema", 83_653_863, 8),  # = diffusers stabilityai/sd-vae-ft-ema
+    ("maskgit-vqgan", 72_141_699, 16),  # "72.142M for VQGAN" (valeoai/Maskgit-pytorch README)
+])
+def test_registered_configs_build_the_official_architectures(name, params, stride):
+    from mgen import registry
+    from mgen.tokenizers.vq import VQTokenizer
+
+    entry = registry.get(name)
+    cls = VQTokenizer if entry.family == "vq" else KLTokenizer
+    with torch.device("meta"):  # shapes only
+        tok = cls.from_config(entry.arch)
+    assert sum(p.numel() for p in tok.parameters()) == params
+    assert tok.stride == stride
