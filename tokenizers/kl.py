@@ -4,7 +4,7 @@ Paper: Rombach et al., "High-Resolution Image Synthesis with Latent Diffusion Mo
 §3 and appendix G: an encoder E maps x to the moments of a diagonal Gaussian posterior
 q(z|x) = N(μ(x), diag σ²(x)) (the "KL-reg." autoencoder), a decoder D maps z back to pixels, and the
 training loss is the reconstruction loss plus a small weight times KL(q(z|x) ‖ N(0, I)) (eq. 25 of the
-appendix, without the adversarial term here). MAR (Li et al., "Autoregressive Image Generation without
+appendix; the adversarial term is optional, :mod:`mgen.tokenizers.patchgan`). MAR (Li et al., "Autoregressive Image Generation without
 Vector Quantization", 2024) uses the f=16, 16-channel version ``kl16`` and scales latents by 0.2325
 (LTH14/mar ``engine_mar.py``: ``posterior.sample().mul_(0.2325)``).
 
@@ -338,19 +338,21 @@ def convert_ldm_checkpoint(src: str | Path, out: str | Path, scaling_factor: flo
 # -- training ---------------------------------------------------------------------------------------
 
 class KLTrainTask:
-    """Reconstruction + β·KL training of the KL autoencoder (LDM appendix G, eq. 25, without the GAN term).
+    """Reconstruction + β·KL training of the KL autoencoder (LDM appendix G, eq. 25; GAN term optional).
 
     loss = mean |x − D(z)|  (L1; ``recon: mse`` gives the squared error) + ``kl_weight`` · KL(q(z|x) ‖ N(0,I))
     summed over latent dimensions and averaged over the batch, + ``perceptual_weight`` · LPIPS when a
-    user-given LPIPS weights file is configured (:mod:`mgen.tokenizers.lpips`).
+    user-given LPIPS weights file is configured (:mod:`mgen.tokenizers.lpips`), + the PatchGAN hinge terms
+    of :mod:`mgen.tokenizers.patchgan` when ``disc_weight`` > 0.
     """
 
     def __init__(self, model: KLTokenizer, kl_weight: float = 1e-6, recon: str = "l1",
                  perceptual: nn.Module | None = None, perceptual_weight: float = 0.0,
-                 preview: torch.Tensor | None = None) -> None:
+                 preview: torch.Tensor | None = None, disc_weight: float = 0.0, disc_start: int = 0) -> None:
         if recon not in ("l1", "mse"):
             raise UserError(f"recon must be 'l1' or 'mse', got {recon!r}")
         self.model, self.kl_weight, self.recon = model, float(kl_weight), recon
+        self.disc_weight, self.disc_start = float(disc_weight), int(disc_start)
         self.perceptual, self.perceptual_weight = perceptual, float(perceptual_weight)
         self.preview = preview
 
@@ -366,7 +368,7 @@ class KLTrainTask:
         loss = loss + self.kl_weight * kl
         if self.perceptual is not None and self.perceptual_weight > 0:
             loss = loss + self.perceptual_weight * self.perceptual.to(x.device)(rec.float(), x.float()).mean()
-        return loss
+        return loss + adversarial_loss(model, x, rec, self.disc_weight, self.disc_start)
 
     @torch.no_grad()
     def sample_grid(self, model: nn.Module, generator: torch.Generator) -> torch.Tensor:
@@ -385,10 +387,31 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
 def _train_settings(entry: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split ``entry.train`` into the tokenizer's own settings and the shared TrainConfig's."""
     own_keys = {"kl_weight", "recon", "image_size", "perceptual_weights", "perceptual_weight", "commit_weight",
-                "noise_tau", "encoder", "stats_samples", "mae_steps", "mae_lr", "mae_mask_ratio"}
+                "noise_tau", "encoder", "stats_samples", "mae_steps", "mae_lr", "mae_mask_ratio",
+                "disc_weight", "disc_start", "disc_layers", "disc_channels"}
     own = {k: v for k, v in entry.train.items() if k in own_keys}
     rest = {k: v for k, v in entry.train.items() if k not in own_keys}
     return own, rest
+
+
+def attach_discriminator(model: nn.Module, own: dict[str, Any]) -> tuple[float, int]:
+    """With ``disc_weight`` > 0 in the train settings, register a PatchGAN as ``model.discriminator``
+    (so the shared trainer optimises and checkpoints it); returns (weight, start step)."""
+    weight = float(own.get("disc_weight", 0.0))
+    if weight > 0:
+        from mgen.tokenizers.patchgan import PatchDiscriminator
+
+        model.discriminator = PatchDiscriminator(3, int(own.get("disc_channels", 64)), int(own.get("disc_layers", 3)))
+    return weight, int(own.get("disc_start", 0))
+
+
+def adversarial_loss(model: nn.Module, x: torch.Tensor, rec: torch.Tensor, weight: float, start: int) -> torch.Tensor | float:
+    disc = getattr(model, "discriminator", None)
+    if disc is None or weight <= 0:
+        return 0.0
+    from mgen.tokenizers.patchgan import adversarial_terms
+
+    return adversarial_terms(disc, x.float(), rec.float(), weight, start)
 
 
 def _register() -> None:
@@ -412,9 +435,10 @@ def _register() -> None:
             from mgen.tokenizers.lpips import LPIPS
 
             perceptual = LPIPS.from_file(own["perceptual_weights"])
+        disc_weight, disc_start = attach_discriminator(model, own)
         task = KLTrainTask(model, kl_weight=float(own.get("kl_weight", 1e-6)), recon=own.get("recon", "l1"),
                            perceptual=perceptual, perceptual_weight=float(own.get("perceptual_weight", 0.0)),
-                           preview=x_test[:16])
+                           preview=x_test[:16], disc_weight=disc_weight, disc_start=disc_start)
         return Trainer(task, (x_train,), cfg)
 
 

@@ -8,7 +8,7 @@ Latents are normalised with dataset statistics (per position: mean and variance 
 A ViT decoder (MAE-style: linear embed, a learnable [CLS] token, fixed 2-D sin-cos positions,
 transformer blocks, LayerNorm, linear patch head) is trained to map *noise-augmented* latents back to
 pixels: z̃ = z + σ·ε with σ ~ U(0, τ) per sample, τ = 0.8 (§3.2, "noise-augmented decoding"), with an L1
-loss plus optional LPIPS (and GAN, not implemented here). Encoder inputs are resized to the encoder's
+loss plus optional LPIPS and PatchGAN terms (:mod:`mgen.tokenizers.patchgan`). Encoder inputs are resized to the encoder's
 input size (RAE feeds 224×224 to the 14-patch DINOv2 for 256×256 images: 16×16 tokens) and normalised
 with the encoder's image mean/std; the decoder's patch size sets the output resolution.
 
@@ -286,7 +286,7 @@ class RAETokenizer(nn.Module):
 
         tok = cls.from_config(config)
         sd = load_checkpoint(weights)
-        own = tok.state_dict()
+        own = tok.inference_state_dict()
         missing = [k for k in own if k not in sd]
         unexpected = [k for k in sd if k not in own]
         if missing or unexpected:
@@ -334,7 +334,7 @@ class RAETokenizer(nn.Module):
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         cfg = self.config_dict()
-        save_safetensors(self.state_dict(), d / WEIGHTS_NAME, metadata={"config": json.dumps(cfg), "format": "pt"})
+        save_safetensors(self.inference_state_dict(), d / WEIGHTS_NAME, metadata={"config": json.dumps(cfg), "format": "pt"})
         tmp = d / (CONFIG_NAME + ".tmp")
         tmp.write_text(json.dumps(cfg, indent=2))
         tmp.replace(d / CONFIG_NAME)
@@ -342,7 +342,11 @@ class RAETokenizer(nn.Module):
     def save_file(self, path: str | Path) -> None:
         from mgen.hub import save_safetensors
 
-        save_safetensors(self.state_dict(), path, metadata={"config": json.dumps(self.config_dict()), "format": "pt"})
+        save_safetensors(self.inference_state_dict(), path, metadata={"config": json.dumps(self.config_dict()), "format": "pt"})
+
+    def inference_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything but a training-time discriminator."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("discriminator.")}
 
     # -- encode / decode ------------------------------------------------------------------------
     def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -464,9 +468,10 @@ class RAETrainTask:
     """Decoder training on noise-augmented latents: L1(x, D(z̃)) (+ optional LPIPS), encoder frozen."""
 
     def __init__(self, model: RAETokenizer, perceptual: nn.Module | None = None, perceptual_weight: float = 0.0,
-                 preview: torch.Tensor | None = None) -> None:
+                 preview: torch.Tensor | None = None, disc_weight: float = 0.0, disc_start: int = 0) -> None:
         self.model, self.perceptual, self.perceptual_weight = model, perceptual, float(perceptual_weight)
         self.preview = preview
+        self.disc_weight, self.disc_start = float(disc_weight), int(disc_start)
 
     def loss(self, model: nn.Module, batch: Sequence[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         x = batch[0]
@@ -474,7 +479,9 @@ class RAETrainTask:
         loss = (rec.float() - x.float()).abs().mean()
         if self.perceptual is not None and self.perceptual_weight > 0:
             loss = loss + self.perceptual_weight * self.perceptual.to(x.device)(rec.float(), x.float()).mean()
-        return loss
+        from mgen.tokenizers.kl import adversarial_loss
+
+        return loss + adversarial_loss(model, x, rec, self.disc_weight, self.disc_start)
 
     @torch.no_grad()
     def sample_grid(self, model: nn.Module, generator: torch.Generator) -> torch.Tensor:
@@ -531,7 +538,11 @@ def _register() -> None:
             from mgen.tokenizers.lpips import LPIPS
 
             perceptual = LPIPS.from_file(own["perceptual_weights"])
-        task = RAETrainTask(model, perceptual, float(own.get("perceptual_weight", 0.0)), preview=x_test[:16])
+        from mgen.tokenizers.kl import attach_discriminator
+
+        disc_weight, disc_start = attach_discriminator(model, own)
+        task = RAETrainTask(model, perceptual, float(own.get("perceptual_weight", 0.0)), preview=x_test[:16],
+                            disc_weight=disc_weight, disc_start=disc_start)
         return Trainer(task, (x_train,), cfg)
 
 

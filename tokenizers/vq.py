@@ -407,13 +407,16 @@ def convert_maskgit_vqgan(src: str | Path, out: str | Path) -> None:
 # -- training ---------------------------------------------------------------------------------------
 
 class VQTrainTask:
-    """VQ-VAE training: L1 reconstruction (+ optional LPIPS) + the quantiser loss of eq. 3 (commitment β)."""
+    """VQ-VAE training: L1 reconstruction (+ optional LPIPS, + optional PatchGAN hinge terms) + the quantiser
+    loss of eq. 3 (commitment β)."""
 
     def __init__(self, model: VQTokenizer, recon: str = "l1", perceptual: nn.Module | None = None,
-                 perceptual_weight: float = 0.0, preview: torch.Tensor | None = None) -> None:
+                 perceptual_weight: float = 0.0, preview: torch.Tensor | None = None, disc_weight: float = 0.0,
+                 disc_start: int = 0) -> None:
         if recon not in ("l1", "mse"):
             raise UserError(f"recon must be 'l1' or 'mse', got {recon!r}")
         self.model, self.recon = model, recon
+        self.disc_weight, self.disc_start = float(disc_weight), int(disc_start)
         self.perceptual, self.perceptual_weight = perceptual, float(perceptual_weight)
         self.preview = preview
 
@@ -424,7 +427,9 @@ class VQTrainTask:
         loss = (err.abs().mean() if self.recon == "l1" else err.pow(2).mean()) + vq_loss.float()
         if self.perceptual is not None and self.perceptual_weight > 0:
             loss = loss + self.perceptual_weight * self.perceptual.to(x.device)(rec.float(), x.float()).mean()
-        return loss
+        from mgen.tokenizers.kl import adversarial_loss
+
+        return loss + adversarial_loss(model, x, rec, self.disc_weight, self.disc_start)
 
     @torch.no_grad()
     def sample_grid(self, model: nn.Module, generator: torch.Generator) -> torch.Tensor:
@@ -455,8 +460,12 @@ def _register() -> None:
             from mgen.tokenizers.lpips import LPIPS
 
             perceptual = LPIPS.from_file(own["perceptual_weights"])
+        from mgen.tokenizers.kl import attach_discriminator
+
+        disc_weight, disc_start = attach_discriminator(model, own)
         task = VQTrainTask(model, recon=own.get("recon", "l1"), perceptual=perceptual,
-                           perceptual_weight=float(own.get("perceptual_weight", 0.0)), preview=x_test[:16])
+                           perceptual_weight=float(own.get("perceptual_weight", 0.0)), preview=x_test[:16],
+                           disc_weight=disc_weight, disc_start=disc_start)
         return Trainer(task, (x_train,), cfg)
 
 
