@@ -129,6 +129,9 @@ def evaluate(fake: Any, real: Any = None, inception_weights: str | os.PathLike |
     real_stats = real_src = None
     if needs_real:
         if is_stats_file(real):
+            for m, what in (("kid", "KID"), ("pr", "precision/recall")):
+                if m in ms:
+                    raise UserError(f"{what} needs real images (a folder or tensor), not only reference statistics")
             real_stats = _fid.load_stats(real)
         else:
             real_src = as_source(real, "real")

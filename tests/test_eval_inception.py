@@ -91,7 +91,7 @@ def test_full_299_pipeline_matches_torch_fidelity(tmp_path):
 def test_missing_inception_weights_is_one_line_exit_2(run_mgen, digits_folders, tmp_path):
     fake, real = digits_folders
     out = tmp_path / "r.json"
-    p = run_mgen("eval", "--fake", str(fake), "--real", str(real), "--json", str(out),
+    p = run_mgen("eval", "--fake", str(fake), "--real", str(real), "--json", str(out), "--kid-subset-size", "10",
                  env={"TORCH_HOME": str(tmp_path / "th")})
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()

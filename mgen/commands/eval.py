@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (never downloaded)")
     m = p.add_argument_group("metrics")
     m.add_argument("--metrics", default=None,
-                   help="comma-separated: fid, is, kid, pr (default: fid,is,kid; with --model and no --real: is)")
+                   help="comma-separated: fid, is, kid, pr (default: fid,is,kid; fid,is with a .npz --real; "
+                        "with --model: fid,is with --real, else is when --inception-weights is given)")
     m.add_argument("--kid-subset-size", type=int, default=1000)
     m.add_argument("--kid-subsets", type=int, default=100)
     m.add_argument("--isc-splits", type=int, default=10)
@@ -151,13 +152,17 @@ def _run_folders(args: argparse.Namespace) -> dict[str, Any]:
     from mgen.eval.inputs import as_source
 
     progress = not args.no_progress
-    metrics = normalize_metrics(args.metrics or "fid,is,kid") if args.fake else []
+    default = "fid,is" if args.real and is_stats_file(args.real) else "fid,is,kid"  # KID needs real images
+    metrics = normalize_metrics(args.metrics or default) if args.fake else []
     if args.save_stats and args.real and is_stats_file(args.real):
         raise UserError("--save-stats needs images (a --real folder), not a .npz")
     # validate every input before loading the network
     fake_src = as_source(args.fake, "fake") if args.fake else None
     real_is_npz = bool(args.real) and is_stats_file(args.real)
     if real_is_npz:
+        if any(m in metrics for m in ("kid", "pr")):
+            raise UserError("KID and precision/recall need real images (a folder), not reference statistics: "
+                            "use --metrics fid,is with a .npz")
         fidlib.load_stats(args.real)
     real_src = as_source(args.real, "real") if args.real and not real_is_npz else None
     if fake_src is not None:
