@@ -325,8 +325,18 @@ class KLTokenizer(nn.Module):
             z = self.vae.post_quant_conv(z)
         return self.vae.decoder(z)
 
-    def forward(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.decode_raw(self.encode(x, sample=sample, generator=generator))
+    def forward(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None,
+                return_moments: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reconstruction D(z) with z the posterior mean or (``sample``) a draw; with ``return_moments`` also
+        (mean, logvar). Training goes through here so that a DDP-wrapped model synchronises gradients."""
+        mean, logvar = self.moments(x)
+        z = mean
+        if sample:
+            dev = generator.device if generator is not None else mean.device
+            eps = torch.randn(mean.shape, generator=generator, device=dev, dtype=mean.dtype).to(mean.device)
+            z = mean + torch.exp(0.5 * logvar) * eps
+        rec = self.decode_raw(z)
+        return (rec, mean, logvar) if return_moments else rec
 
 
 def convert_ldm_checkpoint(src: str | Path, out: str | Path, scaling_factor: float | None = None) -> None:
@@ -358,10 +368,7 @@ class KLTrainTask:
 
     def loss(self, model: nn.Module, batch: Sequence[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         x = batch[0]
-        mean, logvar = model.moments(x)
-        eps = torch.randn(mean.shape, generator=generator, device=generator.device).to(mean.device, mean.dtype)
-        z = mean + torch.exp(0.5 * logvar) * eps
-        rec = model.decode_raw(z)
+        rec, mean, logvar = model(x, sample=True, generator=generator, return_moments=True)
         err = (rec.float() - x.float())
         loss = err.abs().mean() if self.recon == "l1" else err.pow(2).mean()
         kl = 0.5 * (mean.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float()).sum(dim=(1, 2, 3)).mean()
@@ -406,7 +413,7 @@ def attach_discriminator(model: nn.Module, own: dict[str, Any]) -> tuple[float, 
 
 
 def adversarial_loss(model: nn.Module, x: torch.Tensor, rec: torch.Tensor, weight: float, start: int) -> torch.Tensor | float:
-    disc = getattr(model, "discriminator", None)
+    disc = getattr(getattr(model, "module", model), "discriminator", None)  # (unwrap DDP)
     if disc is None or weight <= 0:
         return 0.0
     from mgen.tokenizers.patchgan import adversarial_terms

@@ -393,6 +393,11 @@ class RAETokenizer(nn.Module):
         self.latents_mean.copy_(zs.mean(0))
         self.latents_var.copy_(zs.var(0, unbiased=False))
 
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Reconstruction from noise-augmented latents (training; pass ``generator``) or clean ones."""
+        z = self.noisy_latents(x, generator) if generator is not None else self.encode(x)
+        return self.decode_raw(z)
+
     def save_stats(self, path: str | Path) -> None:
         """Write the normalisation statistics as a ``{"mean", "var"}`` file (safetensors)."""
         from mgen.hub import save_safetensors
@@ -475,7 +480,7 @@ class RAETrainTask:
 
     def loss(self, model: nn.Module, batch: Sequence[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         x = batch[0]
-        rec = model.decode_raw(model.noisy_latents(x, generator))
+        rec = model(x, generator)
         loss = (rec.float() - x.float()).abs().mean()
         if self.perceptual is not None and self.perceptual_weight > 0:
             loss = loss + self.perceptual_weight * self.perceptual.to(x.device)(rec.float(), x.float()).mean()
