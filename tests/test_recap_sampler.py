@@ -59,7 +59,7 @@ def test_no_cheap_steps_is_the_base_sampler(maskgit, mar):
     labels = torch.tensor([0, 3, 9])
     assert torch.equal(ReCAP(base, 0, 0).sample(maskgit, labels, generator=gen()), base.sample(maskgit, labels, generator=gen()))
     assert torch.equal(ReCAP(base, 6, 1).sample(maskgit, labels, generator=gen()), base.sample(maskgit, labels, generator=gen()))
-    mb = MARSampler(num_steps=5, cfg=2.0, head_steps=5)
+    mb = MARSampler(num_steps=5, cfg=2.0, head_steps=3)
     ref = mb.sample(mar, torch.tensor([1, 2]), generator=gen())
     assert torch.equal(ReCAP(mb, 0, 0).sample(mar, torch.tensor([1, 2]), generator=gen()), ref)
 
@@ -78,14 +78,12 @@ def test_maskgit_same_seed_same_sample_across_batch_sizes(maskgit, cfg):
 
 
 def test_mar_same_seed_same_sample_across_batch_sizes(mar):
-    r = ReCAP(MARSampler(num_steps=8, cfg=2.0, head_steps=5), pre_full_steps=1, cache_steps=2, head_fast_ratio=0.4)
+    r = ReCAP(MARSampler(num_steps=6, cfg=2.0, head_steps=3), pre_full_steps=1, cache_steps=2, head_fast_ratio=0.4)
     labels = torch.tensor([4, 0, 2])
     big = r.sample(mar, labels, generator=gen(1))
-    one = r.sample(mar, labels[1:2], generator=gen(1))
     # sample 0 of a batch of one vs sample 0 of three: the random streams are per index
     first = r.sample(mar, labels[:1], generator=gen(1))
-    assert close(big[:1], first)
-    assert one.shape == (1, 4, 4, 4)
+    assert close(big[:1], first) and first.shape == (1, 4, 4, 4)
     unc = r.sample(mar, None, batch_size=2, generator=gen(2))
     assert close(unc[:1], r.sample(mar, None, batch_size=1, generator=gen(2)))
     assert not close(big[:1], r.sample(mar, labels[:1], generator=gen(2)))
