@@ -155,11 +155,25 @@ def _run_recap(args: argparse.Namespace) -> dict[str, Any]:
     return run_recap(args)
 
 
+def _add_enat(p: argparse.ArgumentParser) -> None:
+    from mgen.models.enat_benchmark import add_cli_arguments
+
+    add_cli_arguments(p)
+
+
+def _run_enat(args: argparse.Namespace) -> dict[str, Any]:
+    """ENAT vs MaskGIT: FLOPs per image and images/s over a full 8-step decode."""
+    from mgen.models.enat_benchmark import run_cli
+
+    return run_cli(args)
+
+
 #: name -> (add_args(parser), run(args) -> result dict)
 BENCHES: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], dict[str, Any]]]] = {
     "sample": (_add_sample, _run_sample),
     "fid": (_add_fid, _run_fid),
     "recap": (_add_recap, _run_recap),
+    "enat": (_add_enat, _run_enat),
 }
 
 

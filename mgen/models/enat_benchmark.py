@@ -151,3 +151,37 @@ if __name__ == "__main__":  # python -m mgen.models.enat_benchmark [size] [devic
     res = run_benchmark(size, dev, bs)
     print(markdown_table(res))
     write_results(res, Path(os.environ.get("OUT", "runs/bench")))
+
+
+def add_cli_arguments(p: Any) -> None:
+    """Options of ``mgen bench enat``."""
+    p.add_argument("--size", choices=["small", "matched", "paper", "tiny"], default="small",
+                   help="model pair (see mgen.models.enat_benchmark): small = equal width/depth, matched = similar params")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=1, help="images per timed decode")
+    p.add_argument("--steps", type=int, default=8, help="decoding steps (both models)")
+    p.add_argument("--cfg", type=float, default=2.5, help="guidance scale (both models; two branches per step)")
+    p.add_argument("--repeats", type=int, default=1, help="timed decodes")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--out", default="bench", help="output folder for enat.json / enat.md")
+
+
+def run_cli(args: Any) -> dict[str, Any]:
+    """ENAT vs MaskGIT: FLOPs per image and images/s over a full decode (flat record for ``mgen bench``)."""
+    from mgen.errors import UserError
+
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but no CUDA device is available")
+    if args.batch_size < 1 or args.steps < 1 or args.repeats < 1:
+        raise UserError("--batch-size, --steps and --repeats must be positive")
+    res = run_benchmark(args.size, args.device, args.batch_size, args.steps, args.cfg, args.repeats)
+    flat: dict[str, Any] = {k: v for k, v in res["config"].items() if not k.endswith("_arch")}
+    for r in res["rows"]:
+        key = r["name"].replace("-", "_")
+        flat[f"{key}_params_M"] = r["params_M"]
+        flat[f"{key}_gflops_per_image"] = r["gflops_per_image"]
+        flat[f"{key}_flops_vs_maskgit"] = r["flops_vs_maskgit"]
+        flat[f"{key}_images_per_s"] = r["images_per_s"]
+    return flat
