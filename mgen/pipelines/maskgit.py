@@ -134,6 +134,10 @@ class MaskGITPipeline(DiffusionPipeline):
     def device(self) -> torch.device:
         return next(self.transformer.parameters()).device
 
+    @property
+    def num_classes(self) -> int:
+        return int(self.transformer.num_classes)
+
     def make_sampler(self, **overrides: Any) -> Any:
         """The pipeline's sampler with the non-None ``overrides`` applied (validated)."""
         values = {k: v for k, v in overrides.items() if v is not None}
