@@ -99,7 +99,21 @@ def _decode(family: str, tok: Any, out: Any) -> Any:
 
 
 def _flops_per_image(family: str, model: Any, sampler: Any, label: Any, seed: int) -> float:
-    """Matmul/attention FLOPs of the generator calls (not the MAR diffusion head) for one sample."""
+    """Matmul/attention FLOPs of the generator calls (not the MAR diffusion head) for one sample. The count
+    runs on the ``math`` attention backend, whose matmuls FlopCounterMode sees (it does not count the CPU
+    fused SDPA kernel); the FLOPs are the same for every backend."""
+    old = os.environ.get("MGEN_ATTN")
+    os.environ["MGEN_ATTN"] = "math"
+    try:
+        return _count_flops(family, model, sampler, label, seed)
+    finally:
+        if old is None:
+            os.environ.pop("MGEN_ATTN", None)
+        else:
+            os.environ["MGEN_ATTN"] = old
+
+
+def _count_flops(family: str, model: Any, sampler: Any, label: Any, seed: int) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
