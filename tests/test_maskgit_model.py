@@ -9,6 +9,16 @@ from mgen.errors import UserError, WeightsError
 from mgen.models.maskgit import (MaskGITConfig, MaskGITTransformer, convert_valeoai_state_dict,
                                  to_valeoai_state_dict)
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: the tiny models here run slower with more on a shared 2-core machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 TINY = dict(grid_size=4, hidden_dim=32, depth=2, heads=4, mlp_dim=64, codebook_size=16, mask_token_id=16,
             num_classes=10, dropout=0.1)
 
