@@ -178,3 +178,17 @@ def test_pipeline_with_diffusers_vae_and_bf16_autocast():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model(x, t, y)
     assert (low.float() - ref).abs().max().item() < 0.05 * ref.abs().max().item() + 1e-3
+
+
+def test_shipped_dit_digits_loads_by_name():
+    from mgen.hub import package_weights_dir
+    from mgen.pipelines import load_pipeline
+
+    if not (package_weights_dir() / "dit-digits.safetensors").exists():
+        pytest.skip("dit-digits weights are not shipped in this checkout")
+    model = DiT.from_pretrained("dit-digits")
+    assert model.config.num_classes == 10 and not model.training
+    pipe = load_pipeline("dit-digits", num_inference_steps=4)
+    assert isinstance(pipe, DiTPipeline) and pipe.num_classes == 10
+    img = pipe([3, 7], generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert img.shape == (2, 3, 16, 16)
