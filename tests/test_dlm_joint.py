@@ -90,7 +90,7 @@ def test_training_lowers_kl_and_resumes(base, tmp_path):
     def make():
         torch.manual_seed(0)
         layer = JointSamplerLayer(CFG, base.fingerprint())
-        cfg = TrainConfig.from_mapping(dict(lr=3e-3, batch_size=16, max_steps=30, checkpoint_every=15, log_every=5,
+        cfg = TrainConfig.from_mapping(dict(lr=3e-3, batch_size=16, max_steps=20, checkpoint_every=10, log_every=5,
                                             progress=False), out_dir=str(tmp_path / "run"))
         return Trainer(JointTask(layer, base, 4), [final, order], cfg)
 
@@ -103,10 +103,10 @@ def test_training_lowers_kl_and_resumes(base, tmp_path):
             return sum(float(task.loss(layer, [final, order], gen)) for _ in range(6)) / 6
 
     before = eval_loss(tr.unwrapped)
-    tr.train(stop_after=15)
+    tr.train(stop_after=10)
     tr2 = make()
     tr2.train(resume=True)
-    assert tr2.step == 30
+    assert tr2.step == 20
     after = eval_loss(tr2.unwrapped)
     assert after < 0.8 * before
 

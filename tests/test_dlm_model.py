@@ -60,7 +60,7 @@ def test_training_loss_falls_and_resumes(tmp_path):
     g = torch.Generator().manual_seed(0)
     base = torch.randint(3, 40, (64, 4), generator=g)
     data = base.repeat(1, 4)
-    cfg = dict(lr=5e-3, batch_size=16, max_steps=40, log_every=10, checkpoint_every=20, progress=False, seed=0)
+    cfg = dict(lr=5e-3, batch_size=16, max_steps=30, log_every=10, checkpoint_every=15, progress=False, seed=0)
 
     def make(out):
         torch.manual_seed(0)
@@ -69,11 +69,11 @@ def test_training_loss_falls_and_resumes(tmp_path):
     tr = make(tmp_path / "a")
     with torch.no_grad():
         first = float(masked_diffusion_loss(tr.unwrapped, data, 2, torch.Generator().manual_seed(5)))
-    tr.train(stop_after=20)
-    assert tr.step == 20
+    tr.train(stop_after=15)
+    assert tr.step == 15
     tr2 = make(tmp_path / "a")
     tr2.train(resume=True)
-    assert tr2.step == 40
+    assert tr2.step == 30
     with torch.no_grad():
         last = float(masked_diffusion_loss(tr2.unwrapped, data, 2, torch.Generator().manual_seed(5)))
     assert last < first - 0.5
