@@ -104,12 +104,14 @@ def test_two_processes_with_torchrun(tmp_path):
         "t = Trainer(TinyTask(), _data(), TrainConfig(out_dir=sys.argv[1], max_steps=4, batch_size=4, lr=1e-2,"
         " ema_decay=0.9, progress=False, log_every=1))\n"
         "t.train()\n"
-        "print('RANK', t.rank, 'WORLD', t.world, 'GLOBAL', t.global_batch, 'IDX', t.batch_indices(0).tolist())\n")
+        # one file per rank: the two processes share stdout, and their prints can interleave mid-line
+        "open(sys.argv[1] + f'.rank{t.rank}', 'w').write(' '.join(map(str, ['RANK', t.rank, 'WORLD', t.world,"
+        " 'GLOBAL', t.global_batch, 'IDX', t.batch_indices(0).tolist()])))\n")
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
                           str(script), str(tmp_path / "out")], capture_output=True, text=True, timeout=240,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
-    lines = sorted(line for line in out.stdout.splitlines() if line.startswith("RANK"))
+    lines = sorted((tmp_path / f"out.rank{r}").read_text() for r in range(2))
     assert len(lines) == 2 and all("WORLD 2 GLOBAL 8" in line for line in lines)
     idx0, idx1 = (set(eval(line.split("IDX", 1)[1])) for line in lines)
     assert not idx0 & idx1, "processes must see disjoint items"
