@@ -52,8 +52,13 @@ SCHEDULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+#: other names accepted for a schedule: valeoai/Maskgit-pytorch calls 1 − √r "root".
+ALIASES: dict[str, str] = {"root": "sqrt"}
+
+
 def check_schedule(name: str) -> str:
-    """Validate a schedule name (UserError listing the known ones otherwise)."""
+    """Validate a schedule name and return its canonical name (UserError listing the known ones otherwise)."""
+    name = ALIASES.get(name, name)
     if name not in SCHEDULES:
         raise UserError(f"unknown mask schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
     return name
@@ -73,11 +78,8 @@ def mask_counts(name: str, num_steps: int, num_tokens: int) -> list[int]:
     official ``mask_len``), clamped so that every step reveals at least one token and enough tokens
     remain for the steps still to come; the last entry is always 0.
     """
-    check_schedule(name)
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise UserError(f"number of decoding steps must be a positive integer, got {num_steps!r}")
-    if num_steps > num_tokens:
-        raise UserError(f"{num_steps} decoding steps for only {num_tokens} tokens: use at most {num_tokens} steps")
+    name = check_schedule(name)
+    _check_steps(num_steps, num_tokens)
     progress = torch.arange(1, num_steps + 1, dtype=torch.float64) / num_steps
     raw = torch.floor(num_tokens * mask_ratio(name, progress) + 1e-9).long().tolist()
     counts: list[int] = []
@@ -89,6 +91,41 @@ def mask_counts(name: str, num_steps: int, num_tokens: int) -> list[int]:
         counts.append(m)
         prev = m
     assert counts[-1] == 0
+    return counts
+
+
+def _check_steps(num_steps: int, num_tokens: int) -> None:
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+        raise UserError(f"number of decoding steps must be a positive integer, got {num_steps!r}")
+    if num_steps > num_tokens:
+        raise UserError(f"{num_steps} decoding steps for only {num_tokens} tokens: use at most {num_tokens} steps")
+
+
+def valeoai_mask_counts(name: str, num_steps: int, num_tokens: int) -> list[int]:
+    """Tokens still masked after each step under valeoai/Maskgit-pytorch's rounding (v1
+    ``Trainer/vit.py: MaskGIT.adap_sche``), the rule its ImageNet checkpoints were evaluated with.
+
+    There the schedule gives per-step *weights* w_t = γ(r_t) at r = linspace(1, 0, T) (float32); step t
+    reveals round(N·w_t / Σw) tokens, at least 1, and the last step whatever is left (so the total is N).
+    Reveals are clamped to the tokens still masked, as the official loop does; when everything is revealed
+    before step T the remaining entries are 0 (the official loop stops there). T = 1 reveals all N
+    (the official formula divides by zero). Unlike :func:`mask_counts`, the counts do not follow γ((t+1)/T):
+    with cosine the *number revealed per step* grows like 1 − cos, which masks fewer tokens early.
+    """
+    name = check_schedule(name)
+    _check_steps(num_steps, num_tokens)
+    if num_steps == 1:
+        return [0]
+    r = torch.linspace(1, 0, num_steps)  # float32, as the official code
+    w = SCHEDULES[name](r)
+    sche = ((w / w.sum()) * num_tokens).round()
+    sche[sche == 0] = 1
+    sche[-1] += num_tokens - sche.sum()
+    left, counts = num_tokens, []
+    for k in sche.int().tolist():
+        left -= min(max(k, 0), left)
+        counts.append(left)
+    counts[-1] = 0
     return counts
 
 

@@ -15,6 +15,19 @@ Start from all ``h·w`` tokens masked. At step t = 0 … T−1:
 
 Every random number comes from one generator per sample (:func:`mgen.samplers.per_sample_generators`),
 so a sample depends on its seed and index only, not on the batch size.
+
+``reference="valeoai"`` reproduces valeoai/Maskgit-pytorch v1 ``Trainer/vit.py: MaskGIT.sample`` (the code
+its ``MaskGIT_ImageNet_256.pth`` was evaluated with, README: arccos, 8 steps, Gumbel temp 4.5, cfg 3), which
+differs from the paper / JAX rule above in four places; the ``maskgit`` config selects it:
+
+* counts: step t reveals round(N·γ(r_t)/Σγ) tokens, r = linspace(1, 0, T)
+  (:func:`mgen.samplers.mask_schedules.valeoai_mask_counts`);
+* noise annealing: choice_temperature·(1 − t/(T−1)) (zero at the last step), not (1 − (t+1)/T);
+* confidence: log of the *tempered* probability of the drawn code (softmax(l / temperature); valeoai's
+  ``sm_temp`` multiplies the logits, so ``temperature = 1 / sm_temp``);
+* the softmax also covers the model's [MASK] output column (the official head keeps codebook_size + 1
+  columns); a drawn [MASK] id is kept like any code and clamped to codebook_size − 1 at the end, as the
+  official sampler does before decoding. Guidance: (1 + w_t)·l_c − w_t·l_u with w_t = w·t/(T−1).
 """
 
 from __future__ import annotations
@@ -27,9 +40,10 @@ import torch
 
 from mgen.errors import UserError
 from mgen.samplers.base import per_sample_generators
-from mgen.samplers.mask_schedules import check_schedule, mask_counts
+from mgen.samplers.mask_schedules import check_schedule, mask_counts, valeoai_mask_counts
 
 CFG_SCHEDULES = ("linear", "constant")
+REFERENCES = ("jax", "valeoai")
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -74,7 +88,7 @@ def select_masked(confidence: torch.Tensor, num_masked: int) -> torch.Tensor:
 
 
 def cfg_scale_at(cfg: float, schedule: str, step: int, num_steps: int) -> float:
-    """Guidance weight of step ``step`` (valeoai ``Trainer/vit.py``: w·t/(T−1) for "linear")."""
+    """Guidance weight of step ``step`` (valeoai ``Trainer/vit.py``: w·t/(T−1) for "linear"; T = 1 → w)."""
     if schedule == "constant" or num_steps == 1:
         return float(cfg)
     return float(cfg) * step / (num_steps - 1)
@@ -101,6 +115,7 @@ class MaskGITSampler:
     cfg_schedule: str = "linear"
     top_k: int | None = None
     top_p: float | None = None
+    reference: str = "jax"  # "jax" (paper / official JAX code) or "valeoai" (valeoai v1 PyTorch sampler)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -119,6 +134,8 @@ class MaskGITSampler:
         if not isinstance(self.num_steps, int) or self.num_steps < 1:
             raise UserError(f"steps must be a positive integer, got {self.num_steps!r}")
         check_schedule(self.schedule)
+        if self.reference not in REFERENCES:
+            raise UserError(f"unknown MaskGIT reference {self.reference!r}; choose one of {', '.join(REFERENCES)}")
         if self.cfg_schedule not in CFG_SCHEDULES:
             raise UserError(f"unknown cfg schedule {self.cfg_schedule!r}; choose one of {', '.join(CFG_SCHEDULES)}")
         if not self.temperature > 0:
@@ -144,7 +161,18 @@ class MaskGITSampler:
         drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(codes.device)
         both = model(torch.cat([codes, codes]), torch.cat([labels, labels]), drop).float()
         cond, uncond = both[:b], both[b:]
+        if self.reference == "valeoai":
+            return (1 + w) * cond - w * uncond  # valeoai Trainer/vit.py, same value up to rounding
         return cond + w * (cond - uncond)
+
+    def mask_counts(self, num_tokens: int) -> list[int]:
+        """Tokens still masked after each step for ``num_tokens`` tokens under this sampler's rule."""
+        if self.reference == "valeoai":
+            return valeoai_mask_counts(self.schedule, self.num_steps, num_tokens)
+        return mask_counts(self.schedule, self.num_steps, num_tokens)
+
+    def settings(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
     @torch.no_grad()
     def sample(self, model: torch.nn.Module, class_labels: torch.Tensor | None = None, *,
@@ -171,30 +199,49 @@ class MaskGITSampler:
             b = class_labels.shape[0]
         h, w = model.grid_size
         n = h * w
-        counts = mask_counts(self.schedule, self.num_steps, n)
+        counts = self.mask_counts(n)
         gens = per_sample_generators(generator, b, device)
         mask_id = model.mask_token_id
+        valeoai = self.reference == "valeoai"
+        # valeoai: the softmax also covers the [MASK] output column (MaskGITTransformer(mask_logit=True)).
+        net = model
+        if valeoai and hooks is None and getattr(model, "has_mask_logit", False):
+            def net(c, l, d):  # noqa: E306
+                return model(c, l, d, mask_logit=True)
         codes = torch.full((b, n), mask_id, dtype=torch.long, device=device)
+        masked = torch.ones(b, n, dtype=torch.bool, device=device)
         history = []
         for t in range(self.num_steps):
-            masked = codes == mask_id
+            if valeoai and not bool(masked.any()):  # the official loop stops once everything is decoded
+                if return_history:
+                    history.append(codes.view(b, h, w).clone())
+                continue
             if hooks is None:
-                logits = self.guided_logits(model, codes, class_labels, t)
+                logits = self.guided_logits(net, codes, class_labels, t)
             else:
                 logits = hooks.logits(self, model, codes, class_labels, t)
-            logp = logits.log_softmax(dim=-1)
-            drawn = sample_codes(filter_logits(logits / self.temperature, self.top_k, self.top_p), gens)
+            if valeoai:
+                tempered = logits / self.temperature
+                logp = tempered.log_softmax(dim=-1)
+                drawn = sample_codes(filter_logits(tempered, self.top_k, self.top_p), gens)
+                progress = t / (self.num_steps - 1) if self.num_steps > 1 else 1.0
+            else:
+                logp = logits.log_softmax(dim=-1)
+                drawn = sample_codes(filter_logits(logits / self.temperature, self.top_k, self.top_p), gens)
+                progress = (t + 1) / self.num_steps
             drawn = torch.where(masked, drawn, codes)
             conf = logp.gather(-1, drawn[..., None]).squeeze(-1)
-            anneal = self.choice_temperature * (1.0 - (t + 1) / self.num_steps)
-            if anneal > 0:
+            anneal = self.choice_temperature * (1.0 - progress)
+            if anneal > 0 or valeoai:  # valeoai draws the noise every step, even when its weight is 0
                 conf = conf + anneal * gumbel_like((n,), gens, device)
             conf = torch.where(masked, conf, torch.full_like(conf, float("inf")))
             if hooks is not None:
                 conf = hooks.confidence(t, conf, masked)
             remask = select_masked(conf, counts[t])
+            masked = remask
             codes = torch.where(remask, torch.full_like(drawn, mask_id), drawn)
             if return_history:
                 history.append(codes.view(b, h, w).clone())
-        out = codes.view(b, h, w)
+        out = codes.clamp(max=model.codebook_size - 1) if valeoai else codes
+        out = out.view(b, h, w)
         return (out, history) if return_history else out

@@ -142,12 +142,17 @@ class MaskGITTransformer(nn.Module):
     def num_tokens(self) -> int:
         return self.config.num_tokens
 
+    #: forward accepts ``mask_logit=True`` (used by the valeoai-faithful sampler)
+    has_mask_logit = True
+
     def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None,
-                drop_label: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+                drop_label: torch.Tensor | None = None, cache: KVCache | None = None,
+                mask_logit: bool = False) -> torch.Tensor:
         """codes (B, h, w) or (B, h·w) with ``mask_token_id`` at masked positions; labels (B,) in
         [0, num_classes) (None = unconditional); drop_label (B,) bool (True = use the null class).
         ``cache``: an optional :class:`mgen.nn.KVCache` handed to every block (context-feature reuse,
-        e.g. ReCAP). Returns logits (B, h·w, codebook_size)."""
+        e.g. ReCAP). Returns logits (B, h·w, codebook_size); with ``mask_logit=True`` also the [MASK]
+        column, (B, h·w, codebook_size + 1) — exactly the official v1 ``MaskTransformer`` output."""
         b = codes.shape[0]
         codes = codes.reshape(b, -1)
         n = self.config.num_tokens
@@ -172,9 +177,10 @@ class MaskGITTransformer(nn.Module):
             x = blk(x, cache=cache)
         x = self.last_layer(x)
         logits = x @ self.tok_emb.weight.t() + bias  # head tied to the embedding (valeoai v1)
+        v = self.codebook_size + (1 if mask_logit else 0)
         if rows is not None:
-            return logits[:, :-1, : self.codebook_size]  # the group's rows, in the order of cache.group
-        return logits[:, :n, : self.codebook_size]
+            return logits[:, :-1, :v]  # the group's rows, in the order of cache.group
+        return logits[:, :n, :v]
 
     def cache_rows(self, cache: KVCache | None) -> torch.Tensor | None:
         """ReCAP hook: for a cache in ``reuse`` mode with a ``group`` (B, n) of token indices, the rows to
