@@ -314,8 +314,11 @@ class KLTokenizer(nn.Module):
         return mean + std * eps.to(mean.device)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Unscaled latents (B×C×h×w) → images in [-1, 1] (clamped)."""
-        return self.decode_raw(check_latents(z, self.latent_channels)).clamp(-1.0, 1.0)
+        """Unscaled latents (B×C×h×w) → images, nominally in [-1, 1].
+
+        Not clamped: the output equals the official LDM ``AutoencoderKL.decode`` (LTH14/mar ``models/vae.py``)
+        and diffusers' ``AutoencoderKL.decode(z).sample``; the pipelines and image writers clamp."""
+        return self.decode_raw(check_latents(z, self.latent_channels))
 
     def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder output without clamping (what the official code returns)."""

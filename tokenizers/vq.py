@@ -320,9 +320,12 @@ class VQTokenizer(nn.Module):
         return self.vae.decoder(self.vae.post_quant_conv(codes))
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
-        """Code indices (B, h, w) → images in [-1, 1] (clamped)."""
+        """Code indices (B, h, w) → images, nominally in [-1, 1].
+
+        Not clamped: the output equals taming's ``VQModel.decode_code`` and diffusers' ``VQModel.decode``
+        on the same weights; the pipelines and image writers clamp."""
         codes = self.quantizer.lookup(self.check_indices(indices))
-        return self.decode_codes(codes).clamp(-1.0, 1.0)
+        return self.decode_codes(codes)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
