@@ -3,14 +3,16 @@
 MaskGIT-style iterative decoding (:mod:`mgen.samplers.maskgit`) with ENAT's settings and its temporal
 feature reuse:
 
-* step t = 0 … T−1, progress r = (t+1)/T; tokens left masked after the step: ⌊N·cos(πr/2)⌋
-  (:func:`mgen.samplers.mask_schedules.mask_counts`, cosine);
+* step t = 0 … T−1, progress r = (t+1)/T; tokens left masked after the step: ⌊N·cos(πr/2)⌋ with no
+  clamping, exactly as the official loop (:func:`mgen.samplers.mask_schedules.floor_mask_counts`; unlike
+  MaskGIT's :func:`~mgen.samplers.mask_schedules.mask_counts`, a step may reveal nothing when T is large
+  for N, and T > N is allowed);
 * guidance l = l_c + w_t·(l_c − l_u) with w_t = cfg·t/T (0 at the first step, as the official loop
   updates the scale after each step);
 * codes are drawn from log_softmax(l) / τ_t with the annealed sampling temperature
   τ_t = max(samp_temp·(1 − r), 10⁻³);
-* confidence = log p(code) under the guided distribution + mask_temp·(1 − r)·Gumbel; visible tokens
-  get +∞ and are never re-masked;
+* confidence = log p(code) under the guided distribution + mask_temp·(1 − r)·Gumbel (drawn every step,
+  as the official loop does, even when its weight is 0); visible tokens get +∞ and are never re-masked;
 * each evaluation returns an :class:`mgen.models.enat.ENATState` which the next step passes back, so
   only the newly decoded (critical) tokens are encoded (``reuse=False`` recomputes everything — the
   spatially disentangled model without temporal reuse, for ablations and benchmarks). The
@@ -29,7 +31,7 @@ import torch
 
 from mgen.errors import UserError
 from mgen.samplers.base import per_sample_generators
-from mgen.samplers.mask_schedules import check_schedule, mask_counts
+from mgen.samplers.mask_schedules import check_schedule, floor_mask_counts
 from mgen.samplers.maskgit import filter_logits, gumbel_like, sample_codes, select_masked, validate_labels
 
 
@@ -88,7 +90,7 @@ class ENATSampler:
             b = class_labels.shape[0]
         h, w = model.grid_size
         n = h * w
-        counts = mask_counts(self.schedule, self.num_steps, n)
+        counts = floor_mask_counts(self.schedule, self.num_steps, n)
         gens = per_sample_generators(generator, b, device)
         mask_id = model.mask_token_id
         ids = torch.full((b, n), mask_id, dtype=torch.long, device=device)
@@ -115,8 +117,7 @@ class ENATSampler:
             drawn = torch.where(masked, drawn, ids)
             conf = logp.gather(-1, drawn[..., None]).squeeze(-1)
             anneal = self.mask_temp * (1.0 - r)
-            if anneal > 0:
-                conf = conf + anneal * gumbel_like((n,), gens, device)
+            conf = conf + anneal * gumbel_like((n,), gens, device)  # official: drawn even when anneal = 0
             conf = torch.where(masked, conf, torch.full_like(conf, float("inf")))
             remask = select_masked(conf, counts[t])
             ids = torch.where(remask, torch.full_like(drawn, mask_id), drawn)

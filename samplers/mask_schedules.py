@@ -101,6 +101,23 @@ def _check_steps(num_steps: int, num_tokens: int) -> None:
         raise UserError(f"{num_steps} decoding steps for only {num_tokens} tokens: use at most {num_tokens} steps")
 
 
+def floor_mask_counts(name: str, num_steps: int, num_tokens: int) -> list[int]:
+    """⌊N·γ((t+1)/T)⌋ tokens still masked after step t, with no clamping: the rule of ENAT's official
+    sampler (LeapLabTHU/ENAT ``libs/nat_misc.py: NATSchedule.generate``, ``math.floor(seq_len * mask_ratio)``).
+    A step may reveal no token when T is large for N (T > N is allowed); γ(1) = 0, so the last entry is
+    always 0. The cosine value is computed in float64 exactly as the official ``np.cos(ratio·π·0.5)``."""
+    name = check_schedule(name)
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+        raise UserError(f"number of decoding steps must be a positive integer, got {num_steps!r}")
+    counts = []
+    for t in range(num_steps):
+        ratio = 1.0 * (t + 1) / num_steps
+        g = math.cos(ratio * math.pi * 0.5) if name == "cosine" else float(mask_ratio(name, ratio))
+        counts.append(max(0, math.floor(num_tokens * g)))
+    counts[-1] = 0  # γ(1) = 0 (cos(π/2) = 6e-17 floors to 0 for any realistic N)
+    return counts
+
+
 def valeoai_mask_counts(name: str, num_steps: int, num_tokens: int) -> list[int]:
     """Tokens still masked after each step under valeoai/Maskgit-pytorch's rounding (v1
     ``Trainer/vit.py: MaskGIT.adap_sche``), the rule its ImageNet checkpoints were evaluated with.

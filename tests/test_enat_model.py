@@ -8,7 +8,7 @@ import torch
 from mgen.errors import UserError, WeightsError
 from mgen.models.enat import ENAT, ENATConfig, ENATState, ENATTask
 from mgen.samplers.enat import ENATSampler
-from mgen.samplers.mask_schedules import mask_counts
+from mgen.samplers.mask_schedules import floor_mask_counts, mask_counts
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -104,7 +104,7 @@ def test_sampler_determinism_and_counts(model):
     a, hist = s.sample(model, labels, generator=_g(5), return_history=True)
     assert torch.equal(s.sample(model, labels[:1], generator=_g(5)), a[:1])
     assert torch.equal(s.sample(model, labels, generator=_g(5)), a)
-    counts = mask_counts("cosine", 5, 16)
+    counts = floor_mask_counts("cosine", 5, 16)
     for t, h in enumerate(hist):
         assert ((h == 16).sum(dim=(1, 2)) == counts[t]).all()
         if t:
