@@ -3,9 +3,13 @@
 DDPM ancestral sampling (Ho et al. 2020, Alg. 2) with the learned-range variance of Nichol & Dhariwal
 2021 (Eq. 15: Σ = exp(v·log β_t + (1−v)·log β̃_t), v = (out+1)/2) is what DiT uses (Peebles & Xie 2023,
 §4: 250 steps, linear β from 1e-4 to 0.02 over 1000 steps). Respacing to fewer steps uses evenly spaced,
-rounded timesteps (diffusers' ``timestep_spacing="linspace"``, the same set as the official
-``space_timesteps(1000, "250")``). DDIM (Song et al. 2021, Eq. 12, η = 0 by default) uses the stride
-``1000 // steps`` (``"leading"``, the official ``"ddim250"`` respacing) and ignores the variance channels.
+rounded timesteps (``"linspace"``: the set of the official ``space_timesteps(1000, "250")``, computed by the
+same accumulated fractional stride, which differs from ``numpy.linspace`` rounding for some step counts,
+e.g. 21), given to diffusers' ``DDPMScheduler`` as custom timesteps. DDIM (Song et al. 2021, Eq. 12, η = 0
+by default) uses ``"leading"``: the integer stride of the official ``"ddimN"`` respacing (the smallest k with
+``len(range(0, 1000, k)) == N``; diffusers' ``1000 // N`` where no such k exists), the cumulative alphas of
+diffusers' ``DDIMScheduler``, and steps to the *next timestep in the list* (so any spacing is exact), and
+ignores the variance channels.
 
 Classifier-free guidance (Ho & Salimans 2022) is the official ``forward_with_cfg``: the batch is
 [x; x] with labels [y; null], guidance on the first ``guidance_channels`` (3) output channels, and the
@@ -57,21 +61,60 @@ class DDPMSampler:
                             f"{self.num_train_timesteps} training timesteps")
         if self.method not in ("ddpm", "ddim"):
             raise UserError(f"unknown diffusion sampling method {self.method!r}; choose ddpm or ddim")
+        spacing = self.timestep_spacing or ("linspace" if self.method == "ddpm" else "leading")
+        if spacing not in ("linspace", "leading", "trailing"):
+            raise UserError(f"unknown timestep_spacing {spacing!r}; choose linspace, leading or trailing")
+
+    def timestep_list(self) -> list[int]:
+        """The descending training timesteps the sampler visits (see the module docstring)."""
+        self.validate()
+        T, n = int(self.num_train_timesteps), int(self.num_inference_steps)
+        spacing = self.timestep_spacing or ("linspace" if self.method == "ddpm" else "leading")
+        if spacing == "linspace":  # evenly spaced, rounded, by an accumulated fractional stride (IDDPM respacing)
+            stride, cur, ts = (1.0 if n <= 1 else (T - 1) / (n - 1)), 0.0, []
+            for _ in range(n):
+                ts.append(round(cur))
+                cur += stride
+        elif spacing == "leading":  # DDIM's integer stride (Song et al. 2021, §C.2)
+            k = next((i for i in range(1, T) if len(range(0, T, i)) == n), T // n)
+            ts = list(range(0, T, k))[:n]
+        else:  # trailing (Lin et al. 2024, Table 2): end at T - 1
+            ts = [int(round(T - i * T / n)) - 1 for i in range(n)]
+        return sorted(set(int(t) for t in ts), reverse=True)
 
     def make_scheduler(self, learn_sigma: bool = True):
-        """A diffusers ``DDPMScheduler`` / ``DDIMScheduler`` configured as the DiT diffusion."""
+        """A diffusers ``DDPMScheduler`` (custom timesteps) / ``DDIMScheduler`` configured as the DiT diffusion."""
         from diffusers import DDIMScheduler, DDPMScheduler
 
-        self.validate()
+        ts = self.timestep_list()
         common = dict(num_train_timesteps=self.num_train_timesteps, beta_start=self.beta_start, beta_end=self.beta_end,
                       beta_schedule=self.beta_schedule, clip_sample=False, prediction_type="epsilon")
         if self.method == "ddpm":
-            sched = DDPMScheduler(**common, variance_type="learned_range" if learn_sigma else "fixed_large",
-                                  timestep_spacing=self.timestep_spacing or "linspace")
+            sched = DDPMScheduler(**common, variance_type="learned_range" if learn_sigma else "fixed_large")
+            sched.set_timesteps(timesteps=ts)
         else:
-            sched = DDIMScheduler(**common, set_alpha_to_one=True, timestep_spacing=self.timestep_spacing or "leading")
-        sched.set_timesteps(int(self.num_inference_steps))
+            sched = DDIMScheduler(**common, set_alpha_to_one=True)
+            sched.timesteps = torch.tensor(ts, dtype=torch.long)
+            sched.num_inference_steps = len(ts)
         return sched
+
+    @staticmethod
+    def ddim_step(sched: Any, eps: torch.Tensor, t: int, t_prev: int, x: torch.Tensor, eta: float = 0.0,
+                  noise: torch.Tensor | None = None) -> torch.Tensor:
+        """x_{t_prev} from x_t and ε_θ (Song et al. 2021, Eq. 12; σ from Eq. 16 scaled by η); t_prev < 0 is
+        the final step to ᾱ = 1 (x_0 itself when η = 0)."""
+        ac = sched.alphas_cumprod.to(torch.float64)
+        a = ac[t]
+        a_prev = ac[t_prev] if t_prev >= 0 else torch.tensor(float(sched.final_alpha_cumprod), dtype=torch.float64)
+        x64, e64 = x.to(torch.float64), eps.to(torch.float64)
+        x0 = (x64 - (1 - a).sqrt() * e64) / a.sqrt()
+        sigma = eta * ((1 - a_prev) / (1 - a)).sqrt() * (1 - a / a_prev).sqrt()
+        out = x0 * a_prev.sqrt() + (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * e64
+        if eta > 0 and t_prev >= 0:
+            if noise is None:
+                raise ValueError("DDIM with eta > 0 needs noise")
+            out = out + sigma * noise.to(torch.float64)
+        return out.to(x.dtype)
 
     def model_output(self, model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, null: int) -> torch.Tensor:
         """One network evaluation, guided when ``guidance_scale != 1``; returns the conditional half."""
@@ -107,12 +150,16 @@ class DDPMSampler:
         if self.progress:
             from tqdm.auto import tqdm
             steps = tqdm(steps, desc=self.method)
-        for t in steps:
+        ts = [int(t) for t in sched.timesteps]
+        for i, t in enumerate(steps):
             tt = torch.full((b,), int(t), device=device, dtype=torch.long)
             out = self.model_output(model, x, tt, y, cfg.num_classes)
             if self.method == "ddim":
-                out = out[:, :c]
-                x = sched.step(out, t, x, eta=self.eta, generator=gens if self.eta > 0 else None).prev_sample
+                t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+                noise = None
+                if self.eta > 0 and t_prev >= 0:
+                    noise = torch.stack([torch.randn(x.shape[1:], generator=g, device=device, dtype=x.dtype) for g in gens])
+                x = self.ddim_step(sched, out[:, :c], int(t), t_prev, x, self.eta, noise)
             else:
                 x = sched.step(out, t, x, generator=gens).prev_sample
         return x
