@@ -70,19 +70,22 @@ def prepare_prompts(prompts: Sequence[Sequence[int]] | torch.Tensor, gen_length:
     return x.to(device), attn.to(device), p
 
 
-def model_logits(model: torch.nn.Module, x: torch.Tensor, attn: torch.Tensor | None) -> torch.Tensor:
-    """Aligned logits with the mask token made impossible (so every masked position gets a real token).
+def model_logits(model: torch.nn.Module, x: torch.Tensor, attn: torch.Tensor | None,
+                 forbid_mask: bool = False) -> torch.Tensor:
+    """The model's aligned logits, as LLaDA's / Dream's own samplers see them (``forbid_mask``: mask logit → min).
 
-    The attention mask is dropped when nothing is padded (faster attention path). LLaDA's and Dream's code
-    leave the mask logit as is (a trained model never predicts it); we forbid it so that a decoded position
-    can never stay masked.
+    The attention mask is dropped when nothing is padded (faster attention path). mgen's own model already
+    gives the mask token no probability (MDLM's SUBS, :meth:`mgen.models.dlm.MaskedDiffusionLM.head`);
+    adapters of real checkpoints return their logits untouched, exactly what the official code samples from.
+    The exact and joint samplers pass ``forbid_mask=True`` so that a decoded position never stays masked.
     """
     if attn is not None and bool(attn.all()):
         attn = None
     out = model(x, attention_mask=attn)
     logits = out.logits if hasattr(out, "logits") else out
-    logits = logits.clone()
-    logits[..., model.mask_id] = torch.finfo(logits.dtype).min  # finite: CFG differences stay defined
+    if forbid_mask:
+        logits = logits.index_fill(-1, torch.tensor([model.mask_id], device=logits.device),
+                                   torch.finfo(logits.dtype).min)  # finite: differences stay defined
     return logits
 
 
@@ -105,18 +108,20 @@ def get_num_transfer_tokens(mask_count: torch.Tensor, steps: int) -> torch.Tenso
 
 
 def filter_top_k_top_p(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    """Mask logits outside the top-k and outside the smallest set with cumulative probability ≥ top_p (Dream)."""
+    """Dream's ``top_p_logits`` then ``top_k_logits``: logits outside the smallest set with cumulative probability
+    ≥ top_p, then outside the top-k, set to the dtype's minimum (as Dream's generation_utils.py)."""
+    low = torch.finfo(logits.dtype).min
     if top_p is not None and top_p < 1:
         sorted_logits, idx = torch.sort(logits, descending=True)
         cum = sorted_logits.softmax(-1).cumsum(-1)
         remove = cum > top_p
         remove[..., 1:] = remove[..., :-1].clone()
         remove[..., 0] = False
-        logits = logits.masked_fill(remove.scatter(-1, idx, remove), float("-inf"))
+        logits = logits.masked_fill(torch.zeros_like(remove).scatter(-1, idx, remove), low)
     if top_k is not None and top_k > 0:
         k = min(top_k, logits.shape[-1])
         kth = torch.topk(logits, k).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        logits = logits.masked_fill(logits < kth, low)
     return logits
 
 
@@ -165,6 +170,7 @@ class LLaDASampler:
     temperature: float = 0.0
     cfg_scale: float = 0.0
     remasking: str = "low_confidence"
+    mask_id: int | None = None  # None: the model's (generate.py's default 126336 is LLaDA-8B's)
     eos: str = "none"  # "stop": after EOS fill with EOS and stop once every row ended; "pad": fill with pad
     stats: SampleStats = field(default_factory=SampleStats, repr=False)
 
@@ -184,7 +190,8 @@ class LLaDASampler:
                generator: torch.Generator | None = None, callback: StepCallback | None = None) -> torch.Tensor:
         """Full sequences (B, P + gen_length): left-padded prompts then the generated tokens."""
         device = next(model.parameters()).device
-        mask_id, pad_id, eos_id = model.mask_id, model.pad_id, model.eos_id
+        mask_id = model.mask_id if self.mask_id is None else int(self.mask_id)
+        pad_id, eos_id = model.pad_id, model.eos_id
         x, attn, p = prepare_prompts(prompts, self.gen_length, mask_id, pad_id, device,
                                      require_prompt=self.cfg_scale > 0)
         b = x.shape[0]
@@ -218,10 +225,12 @@ class LLaDASampler:
                 for j in range(b):
                     x0[j] = add_gumbel_noise(logits[j], self.temperature, gens[j]).argmax(-1)
                     if self.remasking == "low_confidence":
-                        probs = logits[j].double().softmax(-1)
-                        conf[j] = probs.gather(-1, x0[j, :, None]).squeeze(-1)
+                        # generate.py: F.softmax(logits) in the logits' own dtype (float32 / bf16), so ties
+                        # and near-ties rank exactly as there; the exact cast to float64 keeps the order
+                        probs = logits[j].softmax(-1)
+                        conf[j] = probs.gather(-1, x0[j, :, None]).squeeze(-1).double()
                     else:
-                        conf[j] = torch.rand(x.shape[1], generator=gens[j], dtype=torch.float64).to(device)
+                        conf[j] = torch.rand(x.shape[1], generator=gens[j]).to(device)  # float32, as generate.py
                 conf[:, hi:] = float("-inf")
                 x0 = torch.where(mask_index, x0, x)
                 conf = torch.where(mask_index, conf, torch.full_like(conf, float("-inf")))
@@ -240,22 +249,43 @@ class LLaDASampler:
         return x
 
 
+def generate(model: torch.nn.Module, prompt: torch.Tensor | Sequence[Sequence[int]],
+             attention_mask: torch.Tensor | None = None, steps: int = 128, gen_length: int = 128,
+             block_length: int = 128, temperature: float = 0.0, cfg_scale: float = 0.0,
+             remasking: str = "low_confidence", mask_id: int | None = None,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """LLaDA's ``generate()`` call (same argument names and defaults as github.com/ML-GSAI/LLaDA generate.py)
+    on :class:`LLaDASampler`. ``prompt`` (B, L) may be left-padded, its padding marked 0 in ``attention_mask``;
+    ``mask_id`` defaults to the model's. Returns (B, L + gen_length)."""
+    if isinstance(prompt, torch.Tensor) and attention_mask is not None:
+        prompt = prompt if prompt.ndim == 2 else prompt[None]
+        am = attention_mask if attention_mask.ndim == 2 else attention_mask[None]
+        rows = [r[m.bool()].tolist() for r, m in zip(prompt, am)]
+        if len({len(r) for r in rows}) > 1 and any(int(m[0]) == 1 and not bool(m.all()) for m in am):
+            raise UserError("attention_mask must mark left padding only (zeros first)")
+        prompt = rows
+    s = LLaDASampler(steps=steps, gen_length=gen_length, block_length=block_length, temperature=temperature,
+                     cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id)
+    return s.sample(model, prompt, generator=generator)
+
+
 # -- Dream -------------------------------------------------------------------------------------------------
 def _dream_confidence(logits: torch.Tensor, alg: str, temperature: float, top_p: float | None, top_k: int | None,
                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dream's ``sample_tokens``: (confidence, token) per row of (n, V) logits."""
-    logits = logits.float()
+    """Dream's ``sample_tokens``: (confidence, token) per row of (n, V) logits, in the logits' own dtype."""
     if temperature > 0:
         logits = logits / temperature
     logits = filter_top_k_top_p(logits, top_k, top_p)
     probs = logits.softmax(-1)
     if temperature > 0:
-        x0 = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(probs.device)
+        # Dream draws with Categorical(probs).sample(): multinomial(probs / probs.sum(), 1) on the same stream
+        norm = probs / probs.sum(-1, keepdim=True)
+        x0 = torch.multinomial(norm.cpu(), 1, replacement=True, generator=generator).squeeze(-1).to(probs.device)
         conf = probs.gather(-1, x0[:, None]).squeeze(-1)
     else:
         conf, x0 = probs.max(-1)
     if alg == "topk_margin":
-        top2 = probs.topk(2, dim=-1).values
+        top2 = torch.sort(probs, dim=-1, descending=True).values
         conf = top2[:, 0] - top2[:, 1]
     elif alg == "entropy":
         conf = (probs * torch.log(probs + 1e-10)).sum(-1)
@@ -275,6 +305,7 @@ class DreamSampler:
     top_p: float | None = None
     top_k: int | None = None
     eos: str = "none"
+    mask_id: int | None = None  # None: the model's
     stats: SampleStats = field(default_factory=SampleStats, repr=False)
 
     def __post_init__(self) -> None:
@@ -284,13 +315,16 @@ class DreamSampler:
         if not 0 < self.eps < 1:
             raise UserError(f"eps must be in (0, 1) (got {self.eps})")
 
+    def timesteps(self) -> torch.Tensor:
+        """Dream's float32 grid linspace(1, eps, steps + 1); the step t→s uses (ts[i], ts[i+1])."""
+        return torch.linspace(1, self.eps, self.steps + 1)
+
     def transfer_counts(self, n_mask: int) -> list[int]:
         """Tokens unmasked at each step for a row starting with ``n_mask`` masks (non-``origin`` algs)."""
-        ts = torch.linspace(1, self.eps, self.steps + 1)
+        ts = self.timesteps()
         left, out = n_mask, []
         for i in range(self.steps):
-            t, s = float(ts[i]), float(ts[i + 1])
-            k = int(left * (1 - s / t)) if i < self.steps - 1 else left
+            k = dream_transfer_count(left, ts[i], ts[i + 1], i == self.steps - 1)
             out.append(k)
             left -= k
         return out
@@ -299,11 +333,12 @@ class DreamSampler:
     def sample(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]] | torch.Tensor,
                generator: torch.Generator | None = None, callback: StepCallback | None = None) -> torch.Tensor:
         device = next(model.parameters()).device
-        mask_id, pad_id, eos_id = model.mask_id, model.pad_id, model.eos_id
+        mask_id = model.mask_id if self.mask_id is None else int(self.mask_id)
+        pad_id, eos_id = model.pad_id, model.eos_id
         x, attn, p = prepare_prompts(prompts, self.gen_length, mask_id, pad_id, device)
         b = x.shape[0]
         gens = per_sample_generators(generator, b, "cpu")
-        ts = torch.linspace(1, self.eps, self.steps + 1)
+        ts = self.timesteps().to(device)
         self.stats = SampleStats(tokens=b * self.gen_length)
         for i in range(self.steps):
             mask_index = x == mask_id
@@ -311,14 +346,15 @@ class DreamSampler:
                 break
             logits = model_logits(model, x, attn)
             self.stats.full_forwards += 1
-            t, s = float(ts[i]), float(ts[i + 1])
+            t, s = ts[i], ts[i + 1]  # float32 tensors, as Dream's (the counts' rounding depends on it)
+            last = i == self.steps - 1
             for j in range(b):
                 pos = mask_index[j].nonzero().squeeze(-1)
                 if pos.numel() == 0:
                     continue
                 ml = logits[j, pos]
                 if self.alg == "origin":
-                    p_transfer = 1 - s / t if i < self.steps - 1 else 1.0
+                    p_transfer = 1 - s / t if not last else 1
                     take = torch.rand(pos.numel(), generator=gens[j]).to(device) < p_transfer
                     if bool(take.any()):
                         _, tok = _dream_confidence(ml[take], "maskgit_plus", self.temperature, self.top_p,
@@ -326,21 +362,30 @@ class DreamSampler:
                         x[j, pos[take]] = tok
                     continue
                 conf, tok = _dream_confidence(ml, self.alg, self.temperature, self.top_p, self.top_k, gens[j])
-                n = pos.numel()
-                k = int(n * (1 - s / t)) if i < self.steps - 1 else n
+                k = dream_transfer_count(pos.numel(), t, s, last)
                 if k <= 0:
                     continue
+                # over the whole row with −inf off the masks, as Dream (the multinomial draws one number per column)
+                full = torch.full((x.shape[1],), float("-inf"), dtype=conf.dtype, device=device)
+                full[pos] = conf
                 if self.alg_temp:
-                    w = (conf.double() / self.alg_temp).softmax(-1)
+                    w = (full / self.alg_temp).softmax(-1)
                     sel = torch.multinomial(w.cpu(), k, replacement=False, generator=gens[j]).to(device)
                 else:
-                    sel = torch.topk(conf, k).indices
-                x[j, pos[sel]] = tok[sel]
+                    sel = torch.topk(full, k).indices
+                x[j, sel] = tok[torch.searchsorted(pos, sel)]
             if callback is not None:
                 callback(i + 1, x)
         if self.eos != "none":
             apply_eos(x, p, x.shape[1], eos_id, self.eos, eos_id if self.eos == "stop" else pad_id)
         return x
+
+
+def dream_transfer_count(n_mask: int, t: torch.Tensor, s: torch.Tensor, last: bool) -> int:
+    """Dream: ``int(n_mask · (1 − s/t))`` at step t→s (float32 arithmetic, as generation_utils.py), all at the last."""
+    if last:
+        return int(n_mask)
+    return int(torch.tensor(float(n_mask), dtype=torch.float32) * (1 - s / t))
 
 
 # -- exact: one token per full forward ---------------------------------------------------------------------------
@@ -400,7 +445,7 @@ class ExactSampler:
         bl = self.block_length or self.gen_length
         self.stats = SampleStats(tokens=b * self.gen_length)
         for step in range(self.gen_length):
-            logits = model_logits(model, x, attn)
+            logits = model_logits(model, x, attn, forbid_mask=True)
             self.stats.full_forwards += 1
             limit = p + (step // bl + 1) * bl
             for j in range(b):

@@ -48,7 +48,9 @@ def test_bert_folder_samples_with_llada(bert_folder):
     assert isinstance(tok.decode(out[0, 3:].tolist()), str)
     # the adapter's logits are the transformers model's own (aligned) logits
     ids = torch.tensor([prompt + [model.mask_id]])
-    torch.testing.assert_close(model(ids), model.model(input_ids=ids).logits)
+    ref = model.model(input_ids=ids).logits
+    ref[..., model.mask_id] = torch.finfo(ref.dtype).min  # [MASK] gets no probability
+    torch.testing.assert_close(model(ids), ref)
 
 
 def test_modernbert_folder(tmp_path):
@@ -68,7 +70,8 @@ def test_modernbert_folder(tmp_path):
 
 def test_shifted_vs_aligned_logits(bert_folder):
     model, _ = load_hf_dlm(bert_folder)
-    shifted = HFDiffusionLM(model.model, model.mask_id, model.eos_id, model.pad_id, shift_logits=True)
+    shifted = HFDiffusionLM(model.model, model.mask_id, model.eos_id, model.pad_id, shift_logits=True,
+                            kind="shifted")  # not "masked_lm": raw logits
     ids = torch.tensor([[5, 6, 7, 4, 4]])
     raw = model.model(input_ids=ids).logits
     got = shifted(ids)

@@ -155,8 +155,18 @@ class MaskedDiffusionLM(nn.Module):
         return self.tok_emb(input_ids)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The LM head: hidden states (after the final norm) → logits."""
-        return F.linear(hidden, self.tok_emb.weight) if self.lm_head is None else self.lm_head(hidden)
+        """The LM head: hidden states (after the final norm) → logits, the mask token's logit forced to the
+        dtype's minimum.
+
+        MDLM's SUBS parameterisation, "zero masking probabilities" (Sahoo et al. 2024, §3.2.3): the clean data
+        never holds the mask token, so the model never predicts it. Doing it in the model (not the sampler)
+        keeps every sampler — ours and LLaDA's / Dream's own code driving this model — on the same logits, and
+        no decoded position can stay masked. The training loss is unchanged in effect (targets are never the
+        mask token; its probability is simply taken out of the normaliser).
+        """
+        logits = F.linear(hidden, self.tok_emb.weight) if self.lm_head is None else self.lm_head(hidden)
+        idx = torch.tensor([self.cfg.mask_id], device=logits.device)
+        return logits.index_fill(-1, idx, torch.finfo(logits.dtype).min)
 
     def rope_for(self, attention_mask: torch.Tensor | None, b: int, n: int, device, dtype):
         pos = positions_from_mask(attention_mask, b, n, device)

@@ -4,7 +4,8 @@ Every adapter returns *position-aligned* logits (row i predicts token i) from
 ``forward(input_ids, attention_mask)`` and exposes ``mask_id`` / ``eos_id`` / ``pad_id``, so the samplers in
 :mod:`mgen.samplers.dlm` drive them unchanged.
 
-- ``AutoModelForMaskedLM`` folders (BERT, RoBERTa, ModernBERT, …): logits are already aligned.
+- ``AutoModelForMaskedLM`` folders (BERT, RoBERTa, ModernBERT, …): logits are already aligned; the [MASK]
+  logit is set to the dtype's minimum (the model saw [MASK] only as an input).
 - LLaDA (Nie et al. 2025; ``model_type: llada``, custom code ``modeling_llada.py``): aligned logits, mask id
   126336 (github.com/ML-GSAI/LLaDA, generate.py).
 - Dream (Ye et al. 2025; ``model_type: Dream``, custom code): Dream was initialised from an autoregressive LM and
@@ -94,6 +95,11 @@ class HFDiffusionLM(nn.Module):
             kwargs["attention_mask"] = attention_mask
         out = self.model(input_ids=input_ids, **kwargs)
         logits = out.logits if hasattr(out, "logits") else out[0]
+        if self.kind == "masked_lm":
+            # BERT-style models learnt [MASK] as an input only: give it no probability (MDLM's SUBS, as our own
+            # model). LLaDA / Dream logits stay untouched, exactly what their official samplers see.
+            logits = logits.index_fill(-1, torch.tensor([self.mask_id], device=logits.device),
+                                       torch.finfo(logits.dtype).min)
         return shift_logits_right(logits) if self.shift_logits else logits
 
 
