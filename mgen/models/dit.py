@@ -36,7 +36,11 @@ class DiTConfig:
     ``timestep_freq_shift`` and ``mlp_norm_eps`` default to the official model; diffusers'
     ``DiTTransformer2DModel`` differs in both (frequency denominator half-1, and ``norm_eps`` in the
     pre-MLP LayerNorm), and models loaded from a diffusers folder take diffusers' values so that they
-    reproduce that implementation's forward exactly.
+    reproduce that implementation's forward exactly. ``per_block_embedders``: diffusers gives every block
+    its own timestep/class embedder (``norm1.emb``; the final layer uses block 0's); converted official
+    checkpoints hold identical copies and load as one shared embedder, models trained or initialised in
+    diffusers keep one per block (extra keys ``block_t_embedders.i`` / ``block_y_embedders.i`` for
+    blocks 1…depth−1).
     """
 
     input_size: int = 32
@@ -51,6 +55,7 @@ class DiTConfig:
     learn_sigma: bool = True
     timestep_freq_shift: float = 0.0
     mlp_norm_eps: float = 1e-6
+    per_block_embedders: bool = False  # diffusers-native: every block owns its timestep/class embedder
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], where: str = "arch") -> "DiTConfig":
@@ -140,6 +145,11 @@ class DiT(nn.Module):
         # Fixed sin-cos embedding; persistent so that the official state dict's ``pos_embed`` loads.
         self.register_buffer("pos_embed", sincos_2d(c.hidden_size, c.grid_size).unsqueeze(0), persistent=True)
         self.blocks = nn.ModuleList([AdaLNBlock(c.hidden_size, c.num_heads, mlp_ratio=c.mlp_ratio) for _ in range(c.depth)])
+        if c.per_block_embedders:
+            self.block_t_embedders = nn.ModuleList(
+                [TimestepEmbedder(c.hidden_size, freq_shift=c.timestep_freq_shift) for _ in range(c.depth - 1)])
+            self.block_y_embedders = nn.ModuleList(
+                [LabelEmbedder(c.num_classes, c.hidden_size, c.class_dropout_prob) for _ in range(c.depth - 1)])
         for block in self.blocks:
             block.norm2.eps = c.mlp_norm_eps
         self.final_layer = FinalLayer(c.hidden_size, c.patch_size, c.out_channels)
@@ -156,9 +166,12 @@ class DiT(nn.Module):
         w = self.x_embedder.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.proj.bias)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        ys = [self.y_embedder] + list(getattr(self, "block_y_embedders", []))
+        ts = [self.t_embedder] + list(getattr(self, "block_t_embedders", []))
+        for y_emb, t_emb in zip(ys, ts):
+            nn.init.normal_(y_emb.embedding_table.weight, std=0.02)
+            nn.init.normal_(t_emb.mlp[0].weight, std=0.02)
+            nn.init.normal_(t_emb.mlp[2].weight, std=0.02)
         for block in self.blocks:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
@@ -205,8 +218,12 @@ class DiT(nn.Module):
         grid = (x.shape[-2] // c.patch_size, x.shape[-1] // c.patch_size)
         h = self.x_embedder(x) + self.pos_embed.to(x.dtype)
         cond = self.condition(t, y, generator)
-        for block in self.blocks:
-            h = block(h, cond) if self.attn_backend is None else _block_with_backend(block, h, cond, self.attn_backend)
+        conds = [cond] * len(self.blocks)
+        if c.per_block_embedders:
+            conds[1:] = [te(t) + ye(y, self.training, generator=generator)
+                         for te, ye in zip(self.block_t_embedders, self.block_y_embedders)]
+        for block, cb in zip(self.blocks, conds):
+            h = block(h, cb) if self.attn_backend is None else _block_with_backend(block, h, cb, self.attn_backend)
         h = self.final_layer(h, cond)
         return unpatchify(h, c.patch_size, c.out_channels, grid)
 
@@ -272,11 +289,13 @@ class DiT(nn.Module):
         if any(k.startswith("transformer_blocks.") for k in state):
             if diffusers_cfg is None and cfg is None:
                 raise WeightsError(f"{file}: diffusers DiT weights without their config.json; pass config= (e.g. dit-xl-2)")
+            shared = diffusers_embedders_shared(state)
             if cfg is None:
                 cfg = config_from_diffusers(diffusers_cfg, state)
             else:  # keep the caller's architecture, take diffusers' numerical conventions
                 eps = float((diffusers_cfg or {}).get("norm_eps", DIFFUSERS_NORM_EPS))
                 cfg = dataclasses.replace(cfg, timestep_freq_shift=1.0, mlp_norm_eps=eps)
+            cfg = dataclasses.replace(cfg, per_block_embedders=not shared)
             state = convert_diffusers_state_dict(state)
         if cfg is None:
             cfg = infer_config(state)
@@ -399,19 +418,28 @@ def config_from_diffusers(meta: Mapping[str, Any] | None, state: Mapping[str, to
                      timestep_freq_shift=1.0, mlp_norm_eps=float(meta.get("norm_eps", DIFFUSERS_NORM_EPS)))
 
 
-def convert_diffusers_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """diffusers ``DiTTransformer2DModel`` keys → official DiT keys.
-
-    diffusers stores a copy of the timestep/class embedders in every block and uses block 0's for the
-    final layer (``proj_out_1``); separate q/k/v projections are concatenated into ``qkv``.
-    """
-    out: dict[str, torch.Tensor] = {}
-    emb = "transformer_blocks.0.norm1.emb."
+def diffusers_embedders_shared(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether every block's ``norm1.emb`` equals block 0's (a converted official DiT) or not."""
     for k, v in state.items():
         if ".norm1.emb." in k and not k.startswith("transformer_blocks.0."):
             ref = state.get("transformer_blocks.0." + k.split(".", 2)[2])
             if ref is None or not torch.equal(ref, v):
-                raise WeightsError(f"{k} differs from block 0's copy; DiT shares one timestep/class embedder")
+                return False
+    return True
+
+
+def convert_diffusers_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers ``DiTTransformer2DModel`` keys → official DiT keys.
+
+    diffusers stores a copy of the timestep/class embedders in every block and uses block 0's for the
+    final layer (``proj_out_1``); separate q/k/v projections are concatenated into ``qkv``. Identical
+    copies become the official shared ``t_embedder`` / ``y_embedder``; differing ones (a model
+    initialised or trained in diffusers) are kept per block (``block_t_embedders.{i-1}``,
+    ``block_y_embedders.{i-1}`` for block i ≥ 1, see :class:`DiTConfig`).
+    """
+    out: dict[str, torch.Tensor] = {}
+    emb = "transformer_blocks.0.norm1.emb."
+    shared = diffusers_embedders_shared(state)
     out["x_embedder.proj.weight"] = state["pos_embed.proj.weight"]
     out["x_embedder.proj.bias"] = state["pos_embed.proj.bias"]
     for i, j in (("0", "linear_1"), ("2", "linear_2")):
@@ -427,6 +455,12 @@ def convert_diffusers_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str,
             out[f"{dst}mlp.fc1.{s}"] = state[f"{src}ff.net.0.proj.{s}"]
             out[f"{dst}mlp.fc2.{s}"] = state[f"{src}ff.net.2.{s}"]
             out[f"{dst}adaLN_modulation.1.{s}"] = state[f"{src}norm1.linear.{s}"]
+        if b > 0 and not shared:
+            e = f"{src}norm1.emb."
+            for i, j in (("0", "linear_1"), ("2", "linear_2")):
+                for s in ("weight", "bias"):
+                    out[f"block_t_embedders.{b - 1}.mlp.{i}.{s}"] = state[f"{e}timestep_embedder.{j}.{s}"]
+            out[f"block_y_embedders.{b - 1}.embedding_table.weight"] = state[f"{e}class_embedder.embedding_table.weight"]
     for s in ("weight", "bias"):
         out[f"final_layer.adaLN_modulation.1.{s}"] = state[f"proj_out_1.{s}"]
         out[f"final_layer.linear.{s}"] = state[f"proj_out_2.{s}"]
