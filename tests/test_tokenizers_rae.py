@@ -180,3 +180,115 @@ def test_siglip_vision_encoder_folder(tmp_path):
         h = m.encoder(inputs_embeds=m.embeddings(x)).last_hidden_state
         ref = F.layer_norm(h, (32,), eps=m.config.layer_norm_eps)  # final LayerNorm without its affine (RAE)
         torch.testing.assert_close(tok.raw_latents(x), ref.transpose(1, 2).reshape(2, 32, 4, 4), rtol=1e-5, atol=1e-5)
+
+
+def _official_rae_parts(tmp_path, grid=2, patch=4, hidden=24, depth=2, heads=4, inter=40, latent=32):
+    """The official RAE stage-1 files (bytetriper/RAE): a ``GeneralDecoder`` state dict ``model.pt`` with its
+    key names (transformers ViT-MAE layers under ``decoder_layers``), the decoder ``config.json`` and ``stat.pt``."""
+    import json
+
+    from mgen.nn import sincos_2d
+
+    g = torch.Generator().manual_seed(0)
+
+    def lin(name, cout, cin):
+        sd[name + ".weight"] = torch.randn(cout, cin, generator=g) / cin ** 0.5
+        sd[name + ".bias"] = 0.1 * torch.randn(cout, generator=g)
+
+    def ln(name, c):
+        sd[name + ".weight"] = 1 + 0.1 * torch.randn(c, generator=g)
+        sd[name + ".bias"] = 0.1 * torch.randn(c, generator=g)
+
+    sd = {}
+    lin("decoder_embed", hidden, latent)
+    sd["decoder_pos_embed"] = sincos_2d(hidden, grid, extra_tokens=1)[None]  # MAE's fixed table, saved as a parameter
+    for i in range(depth):
+        p = f"decoder_layers.{i}"
+        for n in ("query", "key", "value"):
+            lin(f"{p}.attention.attention.{n}", hidden, hidden)
+        lin(f"{p}.attention.output.dense", hidden, hidden)
+        lin(f"{p}.intermediate.dense", inter, hidden), lin(f"{p}.output.dense", hidden, inter)
+        ln(f"{p}.layernorm_before", hidden), ln(f"{p}.layernorm_after", hidden)
+    ln("decoder_norm", hidden)
+    lin("decoder_pred", patch * patch * 3, hidden)
+    sd["trainable_cls_token"] = 0.1 * torch.randn(1, 1, hidden, generator=g)
+    torch.save(sd, tmp_path / "model.pt")
+    (tmp_path / "dec").mkdir()
+    (tmp_path / "dec" / "config.json").write_text(json.dumps({
+        "model_type": "vit_mae", "decoder_hidden_size": hidden, "decoder_intermediate_size": inter,
+        "decoder_num_attention_heads": heads, "decoder_num_hidden_layers": depth, "hidden_act": "gelu",
+        "layer_norm_eps": 1e-12, "num_channels": 3, "qkv_bias": True, "patch_size": "SHOULD BE RELOADED"}))
+    stats = {"mean": torch.randn(latent, grid, grid, generator=g), "var": torch.rand(latent, grid, grid, generator=g) + 0.3}
+    torch.save(stats, tmp_path / "stat.pt")
+    return sd, stats
+
+
+def _reference_decode(sd, tokens, heads, patch, grid, eps=1e-12):
+    """The official GeneralDecoder forward (ViT-MAE layers: pre-LN softmax attention, exact-GELU MLP), written out
+    functionally on the official parameter names."""
+    import torch.nn.functional as F
+
+    def lin(x, name):
+        return F.linear(x, sd[name + ".weight"], sd[name + ".bias"])
+
+    def ln(x, name):
+        return F.layer_norm(x, (x.shape[-1],), sd[name + ".weight"], sd[name + ".bias"], eps)
+
+    x = lin(tokens, "decoder_embed")
+    x = torch.cat([sd["trainable_cls_token"].expand(x.shape[0], -1, -1), x], 1) + sd["decoder_pos_embed"]
+    b, n, c = x.shape
+    i = 0
+    while f"decoder_layers.{i}.layernorm_before.weight" in sd:
+        p = f"decoder_layers.{i}"
+        h = ln(x, p + ".layernorm_before")
+        q, k, v = (lin(h, f"{p}.attention.attention.{m}").reshape(b, n, heads, c // heads).transpose(1, 2)
+                   for m in ("query", "key", "value"))
+        att = torch.softmax(q @ k.transpose(-1, -2) / (c // heads) ** 0.5, dim=-1)
+        x = x + lin((att @ v).transpose(1, 2).reshape(b, n, c), p + ".attention.output.dense")
+        x = x + lin(F.gelu(lin(ln(x, p + ".layernorm_after"), p + ".intermediate.dense")), p + ".output.dense")
+        i += 1
+    x = lin(ln(x, "decoder_norm"), "decoder_pred")[:, 1:]
+    x = x.reshape(b, grid, grid, patch, patch, 3)  # MAE unpatchify
+    return torch.einsum("nhwpqc->nchpwq", x).reshape(b, 3, grid * patch, grid * patch)
+
+
+def test_official_rae_decoder_and_stats_load(tmp_path):
+    import json
+
+    folder = _dinov2_folder(tmp_path)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.4, 0.5, 0.6], "image_std": [0.2, 0.3, 0.25]}))
+    sd, stats = _official_rae_parts(tmp_path)
+    tok = RAETokenizer.from_official(folder, tmp_path / "dec", tmp_path / "model.pt", tmp_path / "stat.pt",
+                                     encoder_input_size=14, decoder_patch_size=4)
+    assert tok.image_mean.flatten().tolist() == pytest.approx([0.4, 0.5, 0.6])  # from the processor config
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    mean, std = torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1), torch.tensor([0.2, 0.3, 0.25]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        raw = tok.raw_latents(x)
+        z = tok.encode(x)
+        # official normalisation: (z - mean) / sqrt(var + 1e-5)
+        torch.testing.assert_close(z, (raw - stats["mean"]) / (stats["var"] + 1e-5).sqrt(), rtol=1e-5, atol=1e-5)
+        tokens = (z * (stats["var"] + 1e-5).sqrt() + stats["mean"]).flatten(2).transpose(1, 2)
+        ref01 = _reference_decode(sd, tokens, heads=4, patch=4, grid=2) * std + mean  # official decode: [0, 1] images
+        out = tok.decode(z)
+        assert out.shape == (2, 3, 8, 8)
+        assert ((out - (ref01 * 2 - 1)).abs().max() / ref01.abs().max()) < 1e-4
+    # a stage-1 training checkpoint ({"ema": RAE state dict}) loads too; the converter writes an mgen folder
+    torch.save({"model": {f"decoder.{k}": v for k, v in sd.items()}, "ema": {f"decoder.{k}": v for k, v in sd.items()}},
+               tmp_path / "ep-0000001.pt")
+    from mgen.cli import main
+
+    assert main(["convert", "rae", str(tmp_path / "ep-0000001.pt"), str(tmp_path / "out"), "--opt", f"encoder={folder}",
+                 "--opt", f"decoder_config={tmp_path / 'dec'}", "--opt", f"stats={tmp_path / 'stat.pt'}",
+                 "--opt", "encoder_input_size=14", "--opt", "decoder_patch_size=4"]) == 0
+    back = RAETokenizer.from_pretrained(tmp_path / "out")
+    with torch.no_grad():
+        torch.testing.assert_close(back.encode(x), z, rtol=0, atol=0)
+        torch.testing.assert_close(back.decode(z), out, rtol=0, atol=0)
+    assert main(["convert", "rae", str(tmp_path / "model.pt"), str(tmp_path / "o2")]) == 2  # encoder/config missing
+    bad = dict(sd)
+    bad["decoder_layers.0.intermediate.dense.weight"] = torch.full_like(bad["decoder_layers.0.intermediate.dense.weight"], float("nan"))
+    with pytest.raises(WeightsError, match="NaN"):
+        RAETokenizer.from_official(folder, tmp_path / "dec", bad, encoder_input_size=14, decoder_patch_size=4)
+    with pytest.raises(WeightsError, match="sin-cos"):  # a 16-token table for a 2x2 grid: wrong encoder_input_size
+        RAETokenizer.from_official(folder, tmp_path / "dec", tmp_path / "model.pt", encoder_input_size=28, decoder_patch_size=4)

@@ -4,7 +4,9 @@ Paper: Zheng, Xie et al., "Diffusion Transformers with Representation Autoencode
 pretrained representation encoder (DINOv2-with-registers, SigLIP2, MAE, ...) maps an image to patch
 tokens; those tokens (class/register tokens dropped) are the latents. The encoder's final LayerNorm is
 used without its affine parameters (§3, as in the official code and diffusers' ``AutoencoderRAE``).
-Latents are normalised with dataset statistics (per position: mean and variance of shape (C, h, w)).
+Latents are normalised with dataset statistics (per position: mean and variance of shape (C, h, w)):
+z' = (z − mean) / sqrt(var + 1e-5) as the official code (bytetriper/RAE ``src/stage1/rae.py``), or
+(z − mean) / (std + 1e-5) as diffusers' ``AutoencoderRAE`` (``latent_norm`` = "var_eps" / "std_eps").
 A ViT decoder (MAE-style: linear embed, a learnable [CLS] token, fixed 2-D sin-cos positions,
 transformer blocks, LayerNorm, linear patch head) is trained to map *noise-augmented* latents back to
 pixels: z̃ = z + σ·ε with σ ~ U(0, τ) per sample, τ = 0.8 (§3.2, "noise-augmented decoding"), with an L1
@@ -13,7 +15,9 @@ input size (RAE feeds 224×224 to the 14-patch DINOv2 for 256×256 images: 16×1
 with the encoder's image mean/std; the decoder's patch size sets the output resolution.
 
 The decoder's blocks are :class:`mgen.nn.ViTBlock` (one attention function for every model);
-diffusers ``AutoencoderRAE`` folders load after a key mapping (:func:`_diffusers_decoder_to_mgen`).
+diffusers ``AutoencoderRAE`` folders load after a key mapping (:func:`_diffusers_decoder_to_mgen`), and so do
+the official stage-1 parts (:meth:`RAETokenizer.from_official`: the ``GeneralDecoder`` state dict ``model.pt``,
+its ViT-MAE-style ``config.json`` and the ``stat.pt`` statistics; :func:`_official_decoder_to_mgen`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from mgen.tokenizers.kl import check_images, check_latents
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 RAE_NOISE_TAU = 0.8  # Zheng et al. 2025, §3.2
+STAT_EPS = 1e-5  # bytetriper/RAE src/stage1/rae.py (eps) and diffusers AutoencoderRAE (+1e-5)
+LATENT_NORMS = ("var_eps", "std_eps")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -181,8 +187,12 @@ class RAETokenizer(nn.Module):
     def __init__(self, encoder: nn.Module, decoder_config: dict[str, Any], encoder_input_size: int | None = None,
                  image_mean: Sequence[float] = IMAGENET_MEAN, image_std: Sequence[float] = IMAGENET_STD,
                  latents_mean: torch.Tensor | None = None, latents_var: torch.Tensor | None = None,
-                 noise_tau: float = RAE_NOISE_TAU, strip_norm_affine: bool = True, scaling_factor: float = 1.0) -> None:
+                 noise_tau: float = RAE_NOISE_TAU, strip_norm_affine: bool = True, scaling_factor: float = 1.0,
+                 latent_norm: str = "var_eps") -> None:
         super().__init__()
+        if latent_norm not in LATENT_NORMS:
+            raise UserError(f"latent_norm must be one of {LATENT_NORMS}, got {latent_norm!r}")
+        self.latent_norm = latent_norm
         self.encoder = encoder.eval().requires_grad_(False)
         if strip_norm_affine:
             strip_final_norm_affine(self.encoder)
@@ -225,7 +235,7 @@ class RAETokenizer(nn.Module):
                 "decoder": self.decoder_config, "encoder_input_size": self.encoder_input_size,
                 "image_mean": self.image_mean.flatten().tolist(), "image_std": self.image_std.flatten().tolist(),
                 "noise_tau": self.noise_tau, "strip_norm_affine": self.strip_norm_affine,
-                "scaling_factor": self.scaling_factor}
+                "scaling_factor": self.scaling_factor, "latent_norm": self.latent_norm}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "RAETokenizer":
@@ -235,7 +245,9 @@ class RAETokenizer(nn.Module):
                    config.get("image_mean", IMAGENET_MEAN), config.get("image_std", IMAGENET_STD),
                    noise_tau=float(config.get("noise_tau", RAE_NOISE_TAU)),
                    strip_norm_affine=bool(config.get("strip_norm_affine", True)),
-                   scaling_factor=float(config.get("scaling_factor", 1.0)))
+                   scaling_factor=float(config.get("scaling_factor", 1.0)),
+                   # files written before the option existed used diffusers' (std + eps)
+                   latent_norm=str(config.get("latent_norm", "std_eps")))
 
     @classmethod
     def from_encoder(cls, encoder_folder: str | Path, decoder_config: dict[str, Any], **kwargs: Any) -> "RAETokenizer":
@@ -318,13 +330,86 @@ class RAETokenizer(nn.Module):
                           "pos_scale": 16.0 / math.isqrt(dec.num_patches)}  # diffusers' base_size=16
         tok = cls(ref.encoder, decoder_config, c.encoder_input_size, ref.encoder_mean.flatten().tolist(),
                   ref.encoder_std.flatten().tolist(), noise_tau=c.noise_tau, strip_norm_affine=False,
-                  scaling_factor=float(c.scaling_factor))
+                  scaling_factor=float(c.scaling_factor), latent_norm="std_eps")
         tok.strip_norm_affine = True  # diffusers already built the encoder without the final affine
         tok.decoder.load_state_dict(_diffusers_decoder_to_mgen(dec.state_dict()))
         shape = tuple(tok.latents_mean.shape)
         # diffusers normalises (z - mean) / (std + 1e-5); mgen stores the variance: var = std².
         tok.latents_mean.copy_(_broadcast_stat(ref._latents_mean, shape))
         tok.latents_var.copy_(_broadcast_stat(ref._latents_std, shape) ** 2)
+        return tok.eval()
+
+    @classmethod
+    def from_official(cls, encoder: str | Path | nn.Module, decoder_config: str | Path | dict[str, Any],
+                      decoder_weights: str | Path | dict[str, torch.Tensor] | None = None,
+                      stats: str | Path | None = None, encoder_input_size: int = 224, decoder_patch_size: int = 16,
+                      noise_tau: float = RAE_NOISE_TAU, image_mean: Sequence[float] | None = None,
+                      image_std: Sequence[float] | None = None) -> "RAETokenizer":
+        """The official stage-1 RAE (bytetriper/RAE ``src/stage1/rae.py``) from its parts.
+
+        ``encoder``: a local transformers folder (DINOv2-with-registers, SigLIP2, ViT-MAE) or a loaded model;
+        its ``preprocessor_config.json`` gives ``image_mean``/``image_std`` as ``AutoImageProcessor`` does there
+        (ImageNet's otherwise). ``decoder_config``: the decoder's ``config.json`` (a folder such as
+        ``configs/decoder/ViTXL`` or the file; ``decoder_*`` sizes, ``layer_norm_eps``, ``hidden_act`` gelu).
+        ``decoder_weights``: the ``GeneralDecoder`` state dict (``model.pt`` from ``extract_decoder.py``, or a
+        training checkpoint's ``{"ema": ...}``/``{"model": ...}`` with ``decoder.`` prefixes).
+        ``stats``: ``stat.pt`` = ``{"mean", "var"}`` (normalisation ``(z − mean)/sqrt(var + 1e-5)``).
+        ``encoder_input_size`` (224 for the 14-patch DINOv2 at 256 px; 256 for MAE/SigLIP2) and
+        ``decoder_patch_size`` (16) are the official constructor's arguments.
+        """
+        enc_folder = None
+        if isinstance(encoder, nn.Module):
+            enc = encoder
+        else:
+            enc_folder = Path(encoder).expanduser()
+            enc = load_encoder(enc_folder)
+        if image_mean is None or image_std is None:
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+            proc = enc_folder / "preprocessor_config.json" if enc_folder is not None else None
+            if proc is not None and proc.is_file():
+                try:
+                    pc = json.loads(proc.read_text())
+                except json.JSONDecodeError as e:
+                    raise WeightsError(f"{proc}: not valid JSON ({e})") from None
+                mean, std = pc.get("image_mean", mean), pc.get("image_std", std)
+            image_mean = mean if image_mean is None else image_mean
+            image_std = std if image_std is None else image_std
+        dcfg = _official_decoder_config(decoder_config)
+        hidden, inter = int(dcfg["decoder_hidden_size"]), int(dcfg["decoder_intermediate_size"])
+        act = dcfg.get("hidden_act", "gelu")
+        if act != "gelu":
+            raise WeightsError(f"RAE decoder config: hidden_act {act!r} is not supported (only 'gelu')")
+        dec = {"hidden_size": hidden, "depth": int(dcfg["decoder_num_hidden_layers"]),
+               "num_heads": int(dcfg["decoder_num_attention_heads"]), "mlp_ratio": inter / hidden,
+               "patch_size": int(decoder_patch_size), "layer_norm_eps": float(dcfg.get("layer_norm_eps", 1e-12))}
+        if int(dcfg.get("num_channels", 3)) != 3 or not dcfg.get("qkv_bias", True):
+            raise WeightsError("RAE decoder config: only 3-channel decoders with qkv_bias are supported")
+        tok = cls(enc, dec, int(encoder_input_size), image_mean, image_std, noise_tau=noise_tau,
+                  strip_norm_affine=True, latent_norm="var_eps")
+        if tok.decoder.blocks and tok.decoder.blocks[0].mlp.fc1.out_features != inter:
+            raise WeightsError(f"RAE decoder config: intermediate size {inter} is not representable")
+        if decoder_weights is not None:
+            sd = decoder_weights if isinstance(decoder_weights, dict) else _official_decoder_state_dict(Path(decoder_weights))
+            what = "decoder weights" if isinstance(decoder_weights, dict) else str(decoder_weights)
+            mapped = _official_decoder_to_mgen(sd, what)
+            own = tok.decoder.state_dict()
+            missing = [k for k in own if k not in mapped]
+            unexpected = [k for k in mapped if k not in own]
+            if missing or unexpected:
+                raise WeightsError(f"{what}: weights do not match the decoder config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            for k, v in mapped.items():
+                if own[k].shape != v.shape:
+                    raise WeightsError(f"{what}: {k} has shape {tuple(v.shape)}, the config expects {tuple(own[k].shape)}")
+                if v.is_floating_point() and not torch.isfinite(v).all():
+                    raise WeightsError(f"{what}: parameter {k} contains NaN or infinite values")
+            pos = sd.get("decoder_pos_embed")
+            if pos is not None and (pos.shape != tok.decoder.pos_embed.shape
+                                    or not torch.allclose(pos.float(), tok.decoder.pos_embed, atol=1e-5)):
+                raise WeightsError(f"{what}: decoder_pos_embed of shape {tuple(pos.shape)} is not the fixed 2-D sin-cos "
+                                   f"table of a {tok.grid}x{tok.grid} grid (check encoder_input_size)")
+            tok.decoder.load_state_dict({k: v.float() for k, v in mapped.items()})
+        if stats is not None:
+            tok.load_stats(stats)
         return tok.eval()
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -364,11 +449,16 @@ class RAETokenizer(nn.Module):
         b, n, c = tokens.shape
         return tokens.transpose(1, 2).reshape(b, c, self.grid, self.grid)
 
+    def _latent_scale(self) -> torch.Tensor:
+        if self.latent_norm == "var_eps":  # official RAE: sqrt(var + eps)
+            return (self.latents_var + STAT_EPS).sqrt()
+        return self.latents_var.sqrt() + STAT_EPS  # diffusers AutoencoderRAE: std + eps
+
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
-        return (z - self.latents_mean) / (self.latents_var.sqrt() + 1e-5)
+        return (z - self.latents_mean) / self._latent_scale()
 
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        return z * (self.latents_var.sqrt() + 1e-5) + self.latents_mean
+        return z * self._latent_scale() + self.latents_mean
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (B, 3, H, W) → normalised latents (B, C, h, w)."""
@@ -381,10 +471,12 @@ class RAETokenizer(nn.Module):
         return img * 2 - 1
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Normalised latents (B, C, h, w) → images, nominally in [-1, 1] (not clamped: 2·x − 1 of the official
+        ``RAE.decode`` / diffusers' ``AutoencoderRAE.decode``, which return [0, 1] images; pipelines clamp)."""
         z = check_latents(z, self.latent_dim)
         if tuple(z.shape[2:]) != (self.grid, self.grid):
             raise UserError(f"latents: expected a {self.grid}x{self.grid} grid, got {tuple(z.shape[2:])}")
-        return self.decode_raw(z).clamp(-1.0, 1.0)
+        return self.decode_raw(z)
 
     @torch.no_grad()
     def compute_stats(self, images: torch.Tensor, batch_size: int = 256) -> None:
@@ -410,10 +502,12 @@ class RAETokenizer(nn.Module):
         from mgen.hub import load_checkpoint
 
         stats = load_checkpoint(path)
-        if not {"mean", "var"} <= set(stats):
-            raise WeightsError(f"{path}: expected tensors 'mean' and 'var', found {sorted(stats)[:5]}")
+        if not isinstance(stats, dict) or not ({"mean", "var"} & set(stats)):
+            raise WeightsError(f"{path}: expected tensors 'mean' and/or 'var', found {sorted(stats)[:5] if isinstance(stats, dict) else type(stats).__name__}")
         shape = tuple(self.latents_mean.shape)
-        mean, var = _broadcast_stat(stats["mean"], shape), _broadcast_stat(stats["var"], shape)
+        # the official code treats a missing entry as mean 0 / variance 1
+        mean = _broadcast_stat(stats["mean"], shape) if stats.get("mean") is not None else torch.zeros(shape)
+        var = _broadcast_stat(stats["var"], shape) if stats.get("var") is not None else torch.ones(shape)
         if not (torch.isfinite(mean).all() and torch.isfinite(var).all()) or (var < 0).any():
             raise WeightsError(f"{path}: statistics must be finite with a non-negative variance")
         self.latents_mean.copy_(mean)
@@ -438,6 +532,90 @@ def _broadcast_stat(t: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tenso
     if t.numel() == shape[0] * shape[1] * shape[2]:
         return t.reshape(shape)
     raise WeightsError(f"latent statistics of shape {tuple(t.shape)} do not fit latents of shape {shape}")
+
+
+def _official_decoder_config(src: str | Path | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(src, dict):
+        return dict(src)
+    p = Path(src).expanduser()
+    if p.is_dir():
+        p = p / CONFIG_NAME
+    if not p.is_file():
+        raise WeightsError(f"{p}: no RAE decoder config.json")
+    try:
+        cfg = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"{p}: not valid JSON ({e})") from None
+    need = ("decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads", "decoder_intermediate_size")
+    absent = [k for k in need if k not in cfg]
+    if absent:
+        raise WeightsError(f"{p}: not an RAE decoder config (missing {', '.join(absent)})")
+    return cfg
+
+
+def _official_decoder_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A ``GeneralDecoder`` state dict from ``model.pt`` (bare) or a stage-1 training checkpoint (``ema``/``model``,
+    keys ``decoder.*`` of the whole RAE, optionally under DDP's ``module.`` / compile's ``_orig_mod.``)."""
+    from mgen.hub import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    sd = ckpt
+    for key in ("ema", "model", "state_dict"):
+        if isinstance(ckpt.get(key), dict):
+            sd = ckpt[key]
+            break
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightsError(f"{path}: no decoder state dict found")
+    out = {}
+    for k, v in sd.items():
+        for prefix in ("module.", "_orig_mod."):
+            k = k[len(prefix):] if k.startswith(prefix) else k
+        if k.startswith("encoder."):
+            continue
+        out[k[len("decoder."):] if k.startswith("decoder.") else k] = v
+    return out
+
+
+def _official_decoder_to_mgen(sd: dict[str, torch.Tensor], what: str = "decoder weights") -> dict[str, torch.Tensor]:
+    """Official RAE ``GeneralDecoder`` names (transformers' ViT-MAE layers) → :class:`RAEDecoder` names."""
+    out: dict[str, torch.Tensor] = {}
+    simple = {"decoder_embed": "embed", "decoder_norm": "norm", "decoder_pred": "pred"}
+    layer_names = {"attention.output.dense": "attn.proj", "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2",
+                   "layernorm_before": "norm1", "layernorm_after": "norm2"}
+    qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for k, v in sd.items():
+        head = k.split(".")[0]
+        if k == "trainable_cls_token":
+            out["cls_token"] = v
+        elif k == "decoder_pos_embed":
+            continue  # fixed sin-cos table (checked by the caller)
+        elif head in simple and k.count(".") == 1:
+            out[simple[head] + k[len(head):]] = v
+        elif head == "decoder_layers":
+            _, i, rest = k.split(".", 2)
+            module, param = rest.rsplit(".", 1)
+            if module.startswith("attention.attention.") and module.split(".")[-1] in ("query", "key", "value"):
+                qkv.setdefault((int(i), param), {})[module.split(".")[-1]] = v
+            elif module in layer_names:
+                out[f"blocks.{i}.{layer_names[module]}.{param}"] = v
+            else:
+                raise WeightsError(f"{what}: unknown decoder parameter {k}")
+        else:
+            raise WeightsError(f"{what}: unknown decoder parameter {k} (expected the official GeneralDecoder layout)")
+    for (i, param), parts in qkv.items():
+        if set(parts) != {"query", "key", "value"}:
+            raise WeightsError(f"{what}: layer {i} lacks some of query/key/value {param}")
+        out[f"blocks.{i}.attn.qkv.{param}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
+    return out
+
+
+def convert_official_rae(src: str | Path, out: str | Path, encoder: str | None = None, decoder_config: str | None = None,
+                         stats: str | None = None, encoder_input_size: int = 224, decoder_patch_size: int = 16) -> None:
+    """`mgen convert rae MODEL.pt OUT --opt encoder=DIR --opt decoder_config=DIR [--opt stats=stat.pt]`."""
+    if encoder is None or decoder_config is None:
+        raise UserError("convert rae: needs --opt encoder=ENCODER_FOLDER and --opt decoder_config=DECODER_CONFIG_DIR")
+    RAETokenizer.from_official(encoder, decoder_config, Path(src), stats, int(encoder_input_size),
+                               int(decoder_patch_size)).save_pretrained(out)
 
 
 def _diffusers_decoder_to_mgen(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -29,6 +29,12 @@ def _maskgit_vqgan(src: Path, out: Path, **opts: Any) -> None:
     convert_maskgit_vqgan(src, out, **opts)
 
 
+def _rae(src: Path, out: Path, **opts: Any) -> None:
+    from mgen.tokenizers.rae import convert_official_rae
+
+    convert_official_rae(src, out, **opts)
+
+
 def _maskgit(src: Path, out: Path, **opts: Any) -> None:
     from mgen.models.maskgit import convert_checkpoint
 
@@ -51,6 +57,8 @@ def _mar(src: Path, out: Path, **opts: Any) -> None:
 CONVERTERS: dict[str, tuple[str, Callable[..., None]]] = {
     "kl16": ("MAR's official LDM KL-16 VAE kl16.ckpt -> KLTokenizer safetensors folder", _kl16),
     "maskgit-vqgan": ("valeoai/Maskgit-pytorch VQGAN last.ckpt -> VQTokenizer safetensors folder", _maskgit_vqgan),
+    "rae": ("bytetriper/RAE decoder model.pt -> RAETokenizer folder (--opt encoder=DIR --opt decoder_config=DIR "
+            "[--opt stats=stat.pt --opt encoder_input_size=224])", _rae),
     "maskgit": ("valeoai/Maskgit-pytorch MaskGIT_ImageNet_256.pth -> MaskGIT safetensors folder", _maskgit),
     "enat": ("LeapLabTHU/ENAT nnet_ema.pth -> ENAT safetensors folder (--opt config=enat-l)", _enat),
     "mar": ("LTH14/mar checkpoint-last.pth -> MARPipeline folder (EMA; --opt config=mar-b --opt tokenizer=kl16.ckpt)", _mar),
