@@ -292,6 +292,11 @@ def extract_state_dict(ckpt: Mapping[str, Any], file: str | os.PathLike = "<chec
         if state is None:
             raise WeightsError(f"{file}: no MaskGIT weights found (expected 'model_state_dict' or a state dict); "
                                f"top-level keys: {sorted(ckpt)[:8]}")
+    if any(k.endswith("cls_emb.weight") for k in state) and not any(k.endswith("bias") and k.split(".")[-2:] == ["bias"] for k in state if k in ("bias", "module.bias")):
+        # valeoai v2.0 (2025, Network/transformer.py: adaLN + SwiGLU + Halton sampler, 16384-code
+        # LlamaGen VQ) is a different network from the v1 MaskGIT this loader implements.
+        raise WeightsError(f"{file}: this is a valeoai/Maskgit-pytorch v2.0 checkpoint (cls_emb, adaLN blocks); "
+                           "mgen's MaskGIT loads the v1 layout (MaskGIT_ImageNet_256.pth / _512.pth)")
     if any(k.split(".", 1)[-1].startswith("transformer.layers.") or k.startswith("transformer.layers.") for k in state):
         state = convert_valeoai_state_dict(state)
     return state
