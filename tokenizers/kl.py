@@ -389,8 +389,9 @@ class KLTrainTask:
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
-    """PSNR in dB of images in [-1, 1] (peak-to-peak 2, i.e. computed on [0, 1])."""
-    mse = ((x.float() - y.float()) / 2).pow(2).mean().item()
+    """PSNR in dB of images in [-1, 1] (peak-to-peak 2, i.e. computed on [0, 1]); both are clamped to
+    [-1, 1] first, as the images are written (decoders return their raw, unclamped output)."""
+    mse = ((x.float().clamp(-1, 1) - y.float().clamp(-1, 1)) / 2).pow(2).mean().item()
     return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
