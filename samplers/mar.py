@@ -158,7 +158,10 @@ class MARSampler:
             sync()
             t1 = time.perf_counter()
             if self.cfg_schedule == "linear":
-                cfg_iter = 1 + (self.cfg - 1) * (L - mask_len) / L
+                # float32 arithmetic in the official order (its mask_len is a float32 tensor), so that the
+                # guidance scale matches the official one to the last bit
+                ml = torch.tensor([mask_len], dtype=torch.float32, device=device)
+                cfg_iter = 1 + (self.cfg - 1) * (L - ml) / L
             else:
                 cfg_iter = self.cfg
             noise, step_noise = self.head_noise(gens, n_pred, C, model.diffloss.gen_diffusion(head_steps).num_timesteps, device)

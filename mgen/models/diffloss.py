@@ -299,17 +299,20 @@ class GaussianDiffusion:
         c = self._t(noise.device)
         a = self._np
         c_emb = net.embed_condition(z)
-        t_emb = net.time_embed(c["timestep_map"])  # every respaced step's embedding in one call
         x = noise.float()
         n, ch = x.shape
+        rows = z.shape[0]
         for i in reversed(range(self.num_timesteps)):
+            # time_embed on one row per token like the official loop: a matmul's rounding depends on its row
+            # count, so a shared (1, W) embedding would drift from the official samples by float noise.
+            t_emb = net.time_embed(c["timestep_map"][i].expand(rows))
             if guided:
-                out = net.forward_with_embeddings(torch.cat([x, x]).to(c_emb.dtype), t_emb[i:i + 1], c_emb)
+                out = net.forward_with_embeddings(torch.cat([x, x]).to(c_emb.dtype), t_emb, c_emb)
                 eps_c, eps_u = out[:n, :ch].float(), out[n:, :ch].float()
                 eps = eps_u + cfg * (eps_c - eps_u)
                 v = out[:n, ch:].float()
             else:
-                out = net.forward_with_embeddings(x.to(c_emb.dtype), t_emb[i:i + 1], c_emb).float()
+                out = net.forward_with_embeddings(x.to(c_emb.dtype), t_emb, c_emb).float()
                 eps, v = out[:, :ch], out[:, ch:]
             # μ_θ and learned-range log σ² (IDDPM eqs. 11-15) with this step's scalars
             x0 = float(a["sqrt_recip_ac"][i]) * x - float(a["sqrt_recipm1_ac"][i]) * eps
