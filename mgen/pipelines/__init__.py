@@ -56,6 +56,10 @@ def family_of(model: str | os.PathLike) -> tuple[str, Any]:
             return CLASS_FAMILIES[cls], None
         raise UserError(f"{p}: unknown pipeline class {cls!r} in model_index.json")
     if p.exists():
+        from mgen.pipelines.dlm import is_text_model_path  # a transformers folder or our dlm file
+
+        if is_text_model_path(p):
+            return "dlm", None
         raise UserError(f"{p}: cannot tell which model family this file is for; pass a model name with "
                         f"--model NAME --weights {p}")
     entry = registry.get(str(model))

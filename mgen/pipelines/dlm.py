@@ -66,6 +66,26 @@ def load_text_model(model: str, weights: str | None = None, trust_remote_code: b
     return net, tok
 
 
+def is_text_model_path(p: Path) -> bool:
+    """A transformers model folder (config.json with a ``model_type``, not a diffusers component) or an mgen
+    dlm safetensors file (``mgen_family: dlm`` in its metadata)."""
+    p = Path(p)
+    if p.is_dir():
+        try:
+            cfg = json.loads((p / "config.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(cfg, dict) and "model_type" in cfg and "_class_name" not in cfg
+    if p.suffix == ".safetensors":
+        from mgen.models.dlm import read_metadata
+
+        try:
+            return read_metadata(str(p)).get("mgen_family") == "dlm"
+        except WeightsError:
+            return False
+    return False
+
+
 def load_joint_layer(name_or_path: str):
     from mgen import hub
     from mgen.models.joint_sampler import load_joint
@@ -138,7 +158,10 @@ class DLMPipeline(DiffusionPipeline):
                 raise UserError("empty prompt: give some text to continue")
             input_ids = [self.tokenizer.encode(p) for p in prompts]
         if sampler is None:
-            sampler = "joint" if (self.joint_sampler is not None or tokens_per_step) else ("dream" if alg else "llada")
+            sampler = "joint" if (self.joint_sampler is not None or tokens_per_step is not None) else \
+                ("dream" if alg else "llada")
+        if tokens_per_step is not None and (not isinstance(tokens_per_step, int) or tokens_per_step < 1):
+            raise UserError(f"tokens_per_step must be a positive integer (got {tokens_per_step!r})")
         if sampler == "joint" and tokens_per_step is None:
             tokens_per_step = 4
         eos_mode = eos or ("stop" if eos_early_stop else "none")
