@@ -229,7 +229,9 @@ class ReCAP:
             from mgen.samplers.mask_schedules import mask_counts
 
             h, w = model.grid_size
-            counts = mask_counts(self.base.schedule, self.base.num_steps, h * w)
+            # the base sampler's own rounding rule where it has one (valeoai v1 rounds differently from the paper)
+            own = getattr(self.base, "mask_counts", None)
+            counts = own(h * w) if callable(own) else mask_counts(self.base.schedule, self.base.num_steps, h * w)
             return _MaskGITHooks(plan, counts, batch_size, self.last_stats)
         from mgen.samplers.mar import mask_schedule
 
