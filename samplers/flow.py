@@ -11,6 +11,13 @@ dependent noise schedule shift"; base 4096 = 4×32×32, the SD-VAE latent of DiT
 uniform sampling grid 1 → 0; it equals diffusers' ``FlowMatchEulerDiscreteScheduler(shift=α)`` sigmas,
 which the sampler uses to build its grid.
 
+Two time grids (``time_grid``):
+- ``"uniform"``: N + 1 shifted times 1 = t_0 > … > t_N = 0, N steps (diffusers' flow-matching scheduler);
+- ``"rae"``: the grid of the RAE release's ODE sampler (``Sampler.sample_ode``, torchdiffeq fixed-grid
+  ``euler`` / ``heun2``): N times t_i = shift(1 − i·0.999/(N − 1)) in float32, i.e. N − 1 steps that stop at
+  t = shift(0.001) without a final step to 0 (RAE's ``check_interval``: t1 = 1 − 1/1000), Heun on every step.
+  ``num_inference_steps`` is RAE's ``num_steps`` (50 → 49 network evaluations per Euler sample).
+
 Guidance (Ho & Salimans 2022) is applied only for t in ``guidance_interval`` (Kynkäänniemi et al. 2024),
 on all latent channels (or the first ``guidance_channels``).
 """
@@ -83,6 +90,7 @@ class FlowSampler:
     guidance_scale: float = 1.0
     guidance_interval: tuple[float, float] = (0.0, 1.0)
     guidance_channels: int | None = None  # None: every channel
+    time_grid: str = "uniform"  # or "rae" (the RAE release's ODE grid, see the module docstring)
     progress: bool = False
 
     @classmethod
@@ -105,6 +113,10 @@ class FlowSampler:
             raise UserError(f"guidance_interval must satisfy 0 <= min < max <= 1; got {self.guidance_interval}")
         if not (self.shift == "auto" or float(self.shift) > 0):
             raise UserError(f"shift must be positive or 'auto'; got {self.shift!r}")
+        if self.time_grid not in ("uniform", "rae"):
+            raise UserError(f"unknown time_grid {self.time_grid!r}; choose uniform or rae")
+        if self.time_grid == "rae" and int(self.num_inference_steps) < 2:
+            raise UserError("time_grid rae needs num_inference_steps >= 2 (it counts grid points, as RAE's num_steps)")
 
     def resolve_shift(self, shape: tuple[int, ...]) -> float:
         if self.shift == "auto":
@@ -113,11 +125,16 @@ class FlowSampler:
         return float(self.shift)
 
     def timesteps(self, shape: tuple[int, ...] = (4, 32, 32)) -> torch.Tensor:
-        """The N + 1 shifted times 1 = t_0 > … > t_N = 0, through diffusers' flow-matching scheduler."""
+        """The shifted times: N + 1 from 1 to 0 through diffusers' flow-matching scheduler ("uniform"),
+        or RAE's N float32 times from 1 to shift(0.001) ("rae")."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         self.validate()
         n = int(self.num_inference_steps)
+        if self.time_grid == "rae":
+            a = self.resolve_shift(shape)
+            t = 1 - torch.linspace(0, 1 - 1 / 1000, n)  # float32, as the release
+            return (a * t / (1 + (a - 1) * t)).to(torch.float64)
         sched = FlowMatchEulerDiscreteScheduler(shift=self.resolve_shift(shape))
         sched.set_timesteps(sigmas=np.linspace(1.0, 0.0, n + 1)[:-1])
         return sched.sigmas.to(torch.float64)
@@ -179,7 +196,7 @@ class FlowSampler:
             t, t_next = float(ts[i]), float(ts[i + 1])
             d = self.velocity(model, x, t, y, num_classes)
             x_euler = x + (t_next - t) * d
-            if self.method == "heun" and t_next > 0:  # Heun's 2nd order (Karras et al. 2022, Alg. 1)
+            if self.method == "heun" and t_next > 0:  # Heun's 2nd order (Karras et al. 2022, Alg. 1; torchdiffeq heun2)
                 d2 = self.velocity(model, x_euler, t_next, y, num_classes)
                 x = x + (t_next - t) * 0.5 * (d + d2)
             else:

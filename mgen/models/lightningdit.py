@@ -54,6 +54,7 @@ class LightningDiTConfig:
     head_hidden_size: int = 2048
     head_num_heads: int = 16
     fourier_seed: int = 0  # the fixed Gaussian Fourier features of the time embedding
+    learn_sigma: bool = False  # plain LightningDiT only: 2C outputs, the first C are returned (RAE release)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], where: str = "arch") -> "LightningDiTConfig":
@@ -78,6 +79,8 @@ class LightningDiTConfig:
                 raise UserError(f"LightningDiT: 2-D RoPE needs a head dimension divisible by 4 ({what}/heads = {width // heads})")
         if self.head_depth < 0 or self.depth < 1:
             raise UserError("LightningDiT: depth must be >= 1 and head_depth >= 0")
+        if self.learn_sigma and self.head_depth:
+            raise UserError("LightningDiT: learn_sigma exists only without the DDT head (head_depth: 0)")
 
     @property
     def grid_size(self) -> int:
@@ -179,7 +182,7 @@ class LightningDiT(nn.Module):
         blocks = [LightningBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c) for _ in range(c.depth)]
         blocks += [LightningBlock(c.head_hidden_size, c.head_num_heads, c.mlp_ratio, c) for _ in range(c.head_depth)]
         self.blocks = nn.ModuleList(blocks)
-        self.final_layer = FinalLayer(out_width, p, c.in_channels, c.use_rmsnorm)
+        self.final_layer = FinalLayer(out_width, p, c.in_channels * (2 if c.learn_sigma else 1), c.use_rmsnorm)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -240,7 +243,8 @@ class LightningDiT(nn.Module):
                 h = h + self.pos_embed.to(h.dtype)
             for block in self.blocks:
                 h = block(h, cond, rope=self.rope, backend=be)
-            return unpatchify(self.final_layer(h, cond), c.patch_size, c.in_channels, grid)
+            out = unpatchify(self.final_layer(h, cond), c.patch_size, c.in_channels * (2 if c.learn_sigma else 1), grid)
+            return out[:, : c.in_channels]  # learn_sigma: the variance half is dropped, as in RAE's forward
         cond = F.silu(temb + yemb)  # DDT: c = SiLU(t + y)
         s = self.s_embedder(x)
         if self.pos_embed is not None:
@@ -272,14 +276,14 @@ class LightningDiT(nn.Module):
             if cfg is None and (p / "config.json").exists():
                 cfg = LightningDiTConfig.from_mapping(json.loads((p / "config.json").read_text()), where=str(p / "config.json"))
             p = p / "model.safetensors"
-        if cfg is None:
-            raise UserError("pass config= (a registry name or an arch mapping) for a bare LightningDiT checkpoint")
         ckpt = hub.load_checkpoint(p)
-        for key in ("ema", "model", "state_dict"):
+        for key in ("ema", "model", "state_dict"):  # RAE's train.py writes {"model", "ema", ...}; sampling uses "ema"
             if key in ckpt and isinstance(ckpt[key], dict):
                 ckpt = ckpt[key]
                 break
-        state = {k.removeprefix("module."): v for k, v in ckpt.items() if isinstance(v, torch.Tensor)}
+        state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in ckpt.items() if isinstance(v, torch.Tensor)}
+        if cfg is None:
+            cfg = infer_config(state, p)
         # RAE stores its RoPE tables as buffers; ours are recomputed.
         state = {k: v for k, v in state.items() if "feat_rope." not in k}
         model = cls(cfg)
@@ -306,6 +310,54 @@ class LightningDiT(nn.Module):
         tmp.write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
         tmp.replace(d / "config.json")
         return d
+
+
+# RAE / DiT paper widths → heads (S 384/6, B 768/12, L 1024/16, XL 1152/16; the DDT head 2048/16).
+HEADS_BY_WIDTH = {384: 6, 768: 12, 1024: 16, 1152: 16, 2048: 16}
+
+
+def infer_config(state: Mapping[str, torch.Tensor], where: Any = "checkpoint") -> LightningDiTConfig:
+    """Architecture of a RAE ``DiTwDDTHead`` / ``LightningDiT`` state dict from its shapes; head counts
+    from :data:`HEADS_BY_WIDTH` (pass ``config=`` for other widths)."""
+    try:
+        head = "s_embedder.proj.weight" in state
+        w = state["s_embedder.proj.weight" if head else "x_embedder.proj.weight"]
+        hidden, in_ch, p = int(w.shape[0]), int(w.shape[1]), int(w.shape[2])
+        n_blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+        widths = [int(state[f"blocks.{i}.adaLN_modulation.1.weight"].shape[1]) for i in range(n_blocks)]
+        depth = n_blocks
+        if head:  # the trunk is the leading run of blocks of the trunk width; equal widths: RAE's 2-block head
+            depth = next((i for i in range(n_blocks) if widths[i] != hidden), n_blocks - 2)
+        head_width = int(state["x_embedder.proj.weight"].shape[0]) if head else 2048
+        rows = int(state["y_embedder.embedding_table.weight"].shape[0])
+        mods = int(state["blocks.0.adaLN_modulation.1.weight"].shape[0]) // hidden
+        out = int(state["final_layer.linear.weight"].shape[0]) // (p * p)
+        rms = "blocks.0.norm1.weight" in state
+        qk = "blocks.0.attn.q_norm.weight" in state
+        swiglu = "blocks.0.mlp.w12.weight" in state
+        mlp_hidden = state["blocks.0.mlp.w3.weight"].shape[1] if swiglu else state["blocks.0.mlp.fc1.weight"].shape[0]
+        n_tok = int(state["pos_embed"].shape[1]) if "pos_embed" in state else None
+        rope = any("feat_rope." in k for k in state)  # RAE saves its RoPE tables as buffers
+    except (KeyError, ValueError, IndexError) as e:
+        raise WeightsError(f"{where}: not a LightningDiT / DiT^DH state dict (cannot read {e}); pass config=") from None
+    heads, head_heads = HEADS_BY_WIDTH.get(hidden), HEADS_BY_WIDTH.get(head_width)
+    if heads is None or (head and head_heads is None):
+        raise UserError(f"{where}: cannot infer the number of heads for width {hidden if heads is None else head_width}; "
+                        "pass config= (a registry name such as rae-dit-xl, or an arch mapping)")
+    if n_tok is None:
+        raise UserError(f"{where}: no pos_embed to read the latent size from; pass config=")
+    # SwiGLU hidden = int(2/3 · mlp_ratio · width) (LightningDiT keeps the GELU MLP's parameter count)
+    ratio = next((r for r in (4.0, 2.0, 3.0, 8.0) if int(2 / 3 * int(hidden * r)) == mlp_hidden), None) if swiglu \
+        else mlp_hidden / hidden
+    if ratio is None:
+        raise UserError(f"{where}: cannot infer mlp_ratio from an MLP of width {mlp_hidden}; pass config=")
+    grid = int(round(n_tok ** 0.5))
+    return LightningDiTConfig(
+        input_size=grid * p, patch_size=p, in_channels=in_ch, hidden_size=hidden, depth=depth, num_heads=heads,
+        mlp_ratio=float(ratio), class_dropout_prob=0.1, num_classes=rows - 1,  # the last row: the null class
+        use_qknorm=qk, use_swiglu=swiglu, use_rope=rope, use_rmsnorm=rms, use_pos_embed=True, wo_shift=mods == 4,
+        head_depth=n_blocks - depth if head else 0, head_hidden_size=head_width, head_num_heads=head_heads or 16,
+        learn_sigma=(not head) and out == 2 * in_ch)
 
 
 def _config_from(config: str | LightningDiTConfig | Mapping[str, Any] | None) -> LightningDiTConfig | None:
