@@ -186,9 +186,10 @@ class KLTokenizer(nn.Module):
 
     @classmethod
     def _from_file(cls, path: Path, scaling_factor: float | None) -> "KLTokenizer":
-        from mgen.hub import iter_state_dicts, load_checkpoint
+        from mgen.hub import iter_state_dicts
+        from mgen.tokenizers.vq import load_lightning_checkpoint  # LDM's own KL checkpoints are Lightning files
 
-        ckpt = load_checkpoint(path)
+        ckpt = load_lightning_checkpoint(path)
         config = None
         if path.suffix == ".safetensors":
             from safetensors import safe_open
