@@ -84,3 +84,37 @@ def test_cli_remote_code_folder_needs_opt_in(tmp_path, capsys):
         "AutoModel": "modeling_llada.LLaDAModelLM"}}))
     rc = main(["--model", str(tmp_path), "--prompt", "Hi"])
     assert rc == 2 and "--trust-remote-code" in capsys.readouterr().err
+
+
+def test_mgen_sample_command_routes_text_folders_and_files(tiny_file, tmp_path, capsys):
+    """`mgen sample --model FOLDER|FILE`: a transformers folder or our dlm file reaches the text path."""
+    import json
+
+    from mgen.cli import main as cli_main
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "Dream", "auto_map": {
+        "AutoModel": "modeling_dream.DreamModel"}}))
+    assert cli_main(["sample", "--model", str(tmp_path), "--prompt", "Hi"]) == 2
+    err = capsys.readouterr().err
+    assert "--trust-remote-code" in err and len(err.strip().splitlines()) == 1
+    assert cli_main(["sample", "--model", str(tiny_file), "--prompt", "Hi", "--gen-length", "4", "--steps", "2",
+                     "--tokens-per-step", "0"]) == 2
+    assert "tokens_per_step" in capsys.readouterr().err
+    assert cli_main(["sample", "--model", str(tiny_file), "--prompt", "Hi", "--gen-length", "4", "--steps", "2"]) == 0
+    assert capsys.readouterr().out.startswith("Hi")
+
+
+def test_joint_benchmark_rows_and_report(tiny_file, tmp_path, monkeypatch):
+    from mgen.models.dlm import load_dlm_file
+    from mgen.pipelines import dlm_bench
+
+    monkeypatch.setattr(dlm_bench, "mauve_score", lambda p, q, seed=0: 0.5)
+    base = load_dlm_file(str(tiny_file))
+    layer = JointSamplerLayer(base.cfg, base.fingerprint(), "tiny")
+    res = dlm_bench.run_joint_benchmark(base, layer, [[5, 6, 7], [8, 9, 10]], ks=[2], gen_length=4, batch_size=2)
+    rows = {(r["method"], r["k"]): r for r in res["rows"]}
+    assert abs(rows[("exact", 1)]["kl_to_exact"]) < 1e-9
+    assert rows[("marginal", 2)]["full_forwards_per_token"] == 0.5
+    assert rows[("adjust", 2)]["sampler_passes_per_token"] == 0.5 and rows[("adjust", 2)]["mauve"] == 0.5
+    md = dlm_bench.write_report(res, tmp_path)
+    assert "MAUVE" in md.read_text() and (tmp_path / "joint_rows.json").exists()

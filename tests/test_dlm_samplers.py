@@ -153,3 +153,36 @@ def test_bad_input_other(model):
         DreamSampler(steps=4, gen_length=8, alg="nope")
     with pytest.raises(UserError):
         LLaDASampler(steps=4, gen_length=8, block_length=8, cfg_scale=1.0).sample(model, [[]])
+
+
+def test_mask_token_gets_no_probability_and_generate_matches_sampler(model):
+    """MDLM's SUBS: the model itself never predicts [MASK]; generate() (LLaDA's names) drives LLaDASampler."""
+    from mgen.samplers.dlm import generate
+
+    logits = model(torch.tensor([[5, MASK, MASK, 7]]))
+    assert bool((logits.softmax(-1)[..., MASK] == 0).all())
+    prompts = torch.tensor([[0, 0, 5, 6], [7, 8, 9, 10]])
+    attn = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    out = generate(model, prompts, attn, steps=4, gen_length=8, block_length=4, temperature=1.0,
+                   remasking="random", generator=torch.Generator().manual_seed(3))
+    ref = LLaDASampler(steps=4, gen_length=8, block_length=4, temperature=1.0, remasking="random").sample(
+        model, [[5, 6], [7, 8, 9, 10]], generator=torch.Generator().manual_seed(3))
+    assert torch.equal(out, ref) and out.shape == (2, 12)
+    assert LLaDASampler().steps == 128 and LLaDASampler().block_length == 128 and LLaDASampler().cfg_scale == 0.0
+
+
+def test_dream_counts_use_float32_grid_and_alg_temp(model):
+    """Dream computes int(n·(1 − s/t)) with float32 tensors (generation_utils.py): the count follows that rounding."""
+    from mgen.samplers.dlm import dream_transfer_count
+
+    s = DreamSampler(steps=7, gen_length=24, alg="maskgit_plus")
+    ts = torch.linspace(1, 1e-3, 8)
+    for i in range(7):
+        for n in (1, 5, 24, 100):
+            want = n if i == 6 else int(torch.tensor(float(n)) * (1 - ts[i + 1] / ts[i]))
+            assert dream_transfer_count(n, ts[i], ts[i + 1], i == 6) == want
+    assert sum(s.transfer_counts(24)) == 24
+    a = DreamSampler(steps=4, gen_length=8, alg="entropy", alg_temp=0.5, temperature=0.7, top_p=0.9, top_k=5)
+    x1 = a.sample(model, [[5, 6, 7]], generator=torch.Generator().manual_seed(1))
+    x2 = a.sample(model, [[9], [5, 6, 7]], generator=torch.Generator().manual_seed(1))
+    assert not bool((x1 == MASK).any()) and not bool((x2 == MASK).any())

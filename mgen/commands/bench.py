@@ -28,7 +28,7 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, help="generator weights file")
     p.add_argument("--tokenizer-weights", default=None)
     p.add_argument("--random-weights", action="store_true",
-                   help="MAR: time randomly initialised weights of the named config (no files needed; no decoding)")
+                   help="MAR, DiT, RAE-DiT: time randomly initialised weights of the named config (no files needed; no decoding)")
     p.add_argument("--steps", type=int, default=16, help="generation steps")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's config)")
@@ -39,6 +39,8 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench", help="folder for sample.json and sample.md")
+    p.add_argument("--attn-backends", nargs="+", default=None, metavar="NAME",
+                   help="DiT / RAE-DiT: attention backends timed one after another (default: all available)")
 
 
 def _load_for_bench(args: argparse.Namespace, device: Any) -> Any:
@@ -65,6 +67,12 @@ def _run_sample(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
+    from mgen.pipelines import family_of
+
+    if family_of(args.model)[0] in ("dit", "rae-dit"):  # one timing per attention backend (DiT area)
+        from mgen.pipelines.dit import bench_sample
+
+        return bench_sample(args)
     if not 1 <= args.steps <= 256:
         raise UserError(f"--steps must be in 1..256, got {args.steps}")
     if args.batch_size < 1 or args.repeats < 1:
@@ -168,12 +176,26 @@ def _run_enat(args: argparse.Namespace) -> dict[str, Any]:
     return run_cli(args)
 
 
+def _add_joint(p: argparse.ArgumentParser) -> None:
+    from mgen.pipelines.dlm_bench import add_args
+
+    add_args(p)
+
+
+def _run_joint(args: argparse.Namespace) -> dict[str, Any]:
+    """ADJUST vs marginal vs exact k-tokens-per-forward on dlm-text: KL, MAUVE, NLL, cost, tokens/s."""
+    from mgen.pipelines.dlm_bench import run as run_joint
+
+    return run_joint(args)
+
+
 #: name -> (add_args(parser), run(args) -> result dict)
 BENCHES: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], dict[str, Any]]]] = {
     "sample": (_add_sample, _run_sample),
     "fid": (_add_fid, _run_fid),
     "recap": (_add_recap, _run_recap),
     "enat": (_add_enat, _run_enat),
+    "joint": (_add_joint, _run_joint),
 }
 
 

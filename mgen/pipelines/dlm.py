@@ -1,14 +1,24 @@
 """Text generation with masked diffusion LMs: :class:`DLMPipeline` (a ``diffusers.DiffusionPipeline``) and the
 ``mgen sample`` text path (:func:`add_text_arguments` / :func:`run_text`).
 
-Argument names follow diffusers' ``LLaDA2Pipeline`` where they mean the same thing (``gen_length``,
-``block_length``, ``num_inference_steps``, ``temperature``, ``top_p``, ``top_k``, ``eos_early_stop``,
-``eos_token_id``, ``mask_token_id``, ``generator``, ``output_type``, ``return_dict``; output ``sequences`` /
-``texts``). Where we differ: our default ``gen_length`` is 128 (theirs 2048) and ``block_length`` defaults to
-``gen_length`` (LLaDA's generate.py); ``num_inference_steps`` is the *total* number of steps, split evenly over
-blocks (LLaDA's ``steps``); we have no confidence ``threshold`` / ``editing_threshold`` (LLaDA2's refinement
-rules) and no chat template; the decoding rule is chosen with ``sampler`` = ``llada`` | ``dream`` | ``exact`` |
-``joint`` (see :mod:`mgen.samplers.dlm`, :mod:`mgen.samplers.joint`).
+Argument names follow diffusers' ``LLaDA2Pipeline`` (diffusers 0.42.1, with ``BlockRefinementScheduler``) where
+they mean the same thing (``prompt``, ``input_ids``, ``gen_length``, ``block_length``, ``num_inference_steps``,
+``temperature``, ``top_p``, ``top_k``, ``eos_early_stop``, ``generator``, ``output_type``, ``return_dict``; output
+``sequences`` / ``texts``). Where we differ (checked against diffusers 0.42.1):
+
+- ``num_inference_steps``: theirs is *per block* (``BlockRefinementScheduler.get_num_transfer_tokens(block_length,
+  steps)``); ours is the *total*, split evenly over the blocks (LLaDA generate.py's ``steps``), default 32 both.
+- ``gen_length``: default 128 here, 2048 there. ``block_length``: ours defaults to ``gen_length`` (one block, as
+  generate.py); theirs to the scheduler's 32, and their blocks are aligned to absolute positions (the prompt
+  fills the first blocks); ours start right after the prompt (generate.py).
+- ``eos_early_stop``: default False here (generate.py decodes every position), True there.
+- Decoding rule: theirs commits every token above a confidence ``threshold`` (0.7; ``editing_threshold``,
+  ``max_post_steps``, ``minimal_topk``, ``sampling_method``) — LLaDA2's refinement; ours follows LLaDA's
+  generate.py / Dream's generation_utils.py exactly, chosen with ``sampler`` = ``llada`` | ``dream`` | ``exact``
+  | ``joint`` (:mod:`mgen.samplers.dlm`, :mod:`mgen.samplers.joint`), plus ``remasking``, ``cfg_scale``, ``alg``,
+  ``alg_temp``, ``tokens_per_step``. No chat template (``use_chat_template`` / ``messages``): these are base
+  models. ``eos_token_id`` / ``mask_token_id`` come from the model; ``callback(step, x)`` and ``stream(step,
+  texts)`` replace ``callback_on_step_end``.
 """
 
 from __future__ import annotations

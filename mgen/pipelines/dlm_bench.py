@@ -53,6 +53,28 @@ def exact_log_prob(model: torch.nn.Module, sequences: torch.Tensor, prompt_len: 
     return out
 
 
+@torch.no_grad()
+def text_features(model: torch.nn.Module, sequences: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """MAUVE features from our own model (no feature model can be downloaded): the mean of the base model's final
+    hidden states over the generated tokens, the whole clean sequence as input."""
+    attn = (sequences != model.pad_id).long()
+    attn[:, prompt_len:] = 1
+    h = model.hidden_states(sequences, None if bool(attn.all()) else attn)
+    return h[:, prompt_len:].double().mean(1).float()
+
+
+def mauve_score(p_feats: torch.Tensor, q_feats: torch.Tensor, seed: int = 0) -> float | None:
+    """MAUVE (Pillutla et al. 2021, ``mauve-text``) of q against p on given features; None when not installed."""
+    try:
+        import mauve
+    except ImportError:
+        return None
+    n = min(len(p_feats), len(q_feats))
+    out = mauve.compute_mauve(p_features=p_feats.numpy(), q_features=q_feats.numpy(), seed=seed, verbose=False,
+                              num_buckets=max(2, n // 10), device_id=-1)
+    return float(out.mauve)
+
+
 def run_joint_benchmark(model: torch.nn.Module, layer: torch.nn.Module, prompts: Sequence[Sequence[int]],
                         ks: Sequence[int] = (2, 4, 8), gen_length: int = 32, seed: int = 0,
                         batch_size: int = 32) -> dict[str, Any]:
@@ -81,7 +103,9 @@ def run_joint_benchmark(model: torch.nn.Module, layer: torch.nn.Module, prompts:
         lp = torch.cat([exact_log_prob(model, x, x.shape[1] - gen_length) for x in seqs])
         lq = lp if logq[0] is None else torch.cat(logq)
         total = len(prompts) * gen_length
-        return {"method": name, "k": k, "kl_to_exact": float((lq - lp).mean()),
+        allx = torch.cat(seqs)
+        feats = text_features(model, allx, allx.shape[1] - gen_length)
+        return {"method": name, "k": k, "kl_to_exact": float((lq - lp).mean()), "_features": feats,
                 "kl_stderr": float((lq - lp).std() / len(prompts) ** 0.5),
                 "nll_exact": float(-lp.mean() / gen_length),
                 "full_forwards_per_token": ff / total, "sampler_passes_per_token": sp / total,
@@ -90,24 +114,48 @@ def run_joint_benchmark(model: torch.nn.Module, layer: torch.nn.Module, prompts:
 
     exact = run("exact", 1)
     results["rows"].append(exact)
+    ref = exact["_features"]
     for k in ks:
         marg = run("marginal", k)
         adj = run("adjust", k)
         gap = (marg["kl_to_exact"] - adj["kl_to_exact"]) / marg["kl_to_exact"] if marg["kl_to_exact"] > 0 else None
         adj["gap_closed"] = gap
+        # cost: wall clock per token relative to marginal (same run, same machine), and model-FLOP-free counts
         adj["cost_vs_marginal"] = marg["tokens_per_s"] / adj["tokens_per_s"]
+        for r in (marg, adj):
+            r["mauve"] = mauve_score(ref, r["_features"], seed)
+        if marg.get("mauve") is not None:
+            adj["gap_closed_mauve"] = ((adj["mauve"] - marg["mauve"]) / (1 - marg["mauve"])
+                                       if marg["mauve"] < 1 else None)
         results["rows"] += [marg, adj]
+    for r in results["rows"]:
+        r.pop("_features", None)
     return results
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-    lines = ["| method | k | KL(q‖p_exact) nats/sample | NLL nats/token | full fwd/token | sampler passes/token | tokens/s | gap closed |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | k | KL(q‖p_exact) nats/sample | MAUVE vs exact | NLL nats/token | full fwd/token "
+             "| sampler passes/token | tokens/s | gap closed (KL) | gap closed (MAUVE) | time vs marginal |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def pct(v):
+        return "" if v is None else f"{100 * v:.0f}%"
+
     for r in results["rows"]:
-        gap = r.get("gap_closed")
-        lines.append(f"| {r['method']} | {r['k']} | {r['kl_to_exact']:.2f} ± {r['kl_stderr']:.2f} | {r['nll_exact']:.3f} "
+        mv = r.get("mauve")
+        cost = r.get("cost_vs_marginal")
+        lines.append(f"| {r['method']} | {r['k']} | {r['kl_to_exact']:.2f} ± {r['kl_stderr']:.2f} "
+                     f"| {'' if mv is None else f'{mv:.3f}'} | {r['nll_exact']:.3f} "
                      f"| {r['full_forwards_per_token']:.3f} | {r['sampler_passes_per_token']:.3f} | {r['tokens_per_s']:.1f} "
-                     f"| {'' if gap is None else f'{100 * gap:.0f}%'} |")
+                     f"| {pct(r.get('gap_closed'))} | {pct(r.get('gap_closed_mauve'))} "
+                     f"| {'' if cost is None else f'{cost:.2f}x'} |")
+    toy = results.get("toy")
+    if toy:
+        lines += ["", f"Exact distances on the small-vocabulary configuration (k={toy['k']}, {toy['strings']} strings "
+                  "enumerated):", "", "| method | TV to exact joint | KL(q‖p) nats |", "|---|---|---|",
+                  f"| marginal | {toy['marginal_tv']:.4f} | {toy['marginal_kl']:.4f} |",
+                  f"| adjust | {toy['adjust_tv']:.4f} | {toy['adjust_kl']:.4f} |",
+                  "", f"gap closed: {pct(toy['gap_closed_tv'])} (TV), {pct(toy['gap_closed_kl'])} (KL)"]
     return "\n".join(lines)
 
 
@@ -115,9 +163,9 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     slim = {**results, "rows": [{k: v for k, v in r.items() if k != "sequences"} for r in results["rows"]]}
-    (out / "joint.json").write_text(json.dumps(slim, indent=2))
-    (out / "joint.md").write_text(markdown_table(results) + "\n")
-    return out / "joint.md"
+    (out / "joint_rows.json").write_text(json.dumps(slim, indent=2))
+    (out / "joint_rows.md").write_text(markdown_table(results) + "\n")
+    return out / "joint_rows.md"
 
 
 @torch.no_grad()
@@ -213,43 +261,95 @@ def toy_joint_experiment(k: int = 4, base_steps: int = 300, layer_steps: int = 3
     return res
 
 
+def add_args(p) -> None:
+    """``mgen bench joint`` options."""
+    p.add_argument("--model", default="dlm-text")
+    p.add_argument("--joint-sampler", default="joint-dlm-text")
+    p.add_argument("--prompts", type=int, default=64, help="held-out prompts (16 tokens each)")
+    p.add_argument("--gen-length", type=int, default=32)
+    p.add_argument("--ks", default="2,4,8")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--toy", action="store_true", help="also the exact TV/KL small-vocabulary experiment (trains "
+                                                       "a tiny base model and its layer, ~1-2 min on one thread)")
+    p.add_argument("--toy-steps", type=int, default=300, help="training steps of the toy base model and its layer")
+    p.add_argument("--out", default="bench-joint")
+
+
+def run(args) -> dict[str, Any]:
+    """ADJUST vs marginal vs exact on dlm-text: KL to the exact joint, MAUVE, NLL, cost per token, tokens/s."""
+    import sys
+
+    from mgen.errors import UserError
+    from mgen.models.dlm import build_text_data
+    from mgen.models.joint_sampler import load_base
+    from mgen.pipelines.dlm import load_joint_layer
+
+    try:
+        ks = [int(k) for k in str(args.ks).split(",")]
+    except ValueError:
+        raise UserError(f"--ks must be comma-separated integers (got {args.ks!r})") from None
+    if any(k < 1 or k > args.gen_length for k in ks) or args.prompts < 2 or args.gen_length < 1:
+        raise UserError("--ks values must be in 1..--gen-length, --prompts >= 2, --gen-length >= 1")
+    base, entry = load_base(args.model)
+    if entry is None:
+        raise UserError("--model must be a registered dlm model (its held-out split gives the prompts)")
+    layer = load_joint_layer(args.joint_sampler)
+    layer.check_base(base)
+    _, held, _ = build_text_data(entry, base.cfg.seq_len)
+    prompts = held[: args.prompts, :16].tolist()
+    t0 = time.perf_counter()
+    res = run_joint_benchmark(base, layer, prompts, ks=ks, gen_length=args.gen_length, seed=args.seed,
+                              batch_size=args.batch_size)
+    if args.toy:
+        res["toy"] = toy_joint_experiment(k=4, base_steps=args.toy_steps, layer_steps=args.toy_steps, seed=args.seed)
+    res["command"] = "mgen bench joint " + " ".join(sys.argv[3:]) if len(sys.argv) > 2 else "mgen bench joint"
+    res["threads"] = torch.get_num_threads()
+    res["seconds_total"] = round(time.perf_counter() - t0, 1)
+    write_report(res, args.out)
+    flat: dict[str, Any] = {"model": args.model, "joint_sampler": args.joint_sampler, "prompts": len(prompts),
+                            "gen_length": args.gen_length}
+    rows = {(r["method"], r["k"]): r for r in res["rows"]}
+    ex = rows[("exact", 1)]
+    flat.update(exact_nll=round(ex["nll_exact"], 4), exact_tokens_per_s=round(ex["tokens_per_s"], 1))
+    for k in ks:
+        m, a = rows[("marginal", k)], rows[("adjust", k)]
+        flat.update({f"k{k}_kl_marginal": round(m["kl_to_exact"], 3), f"k{k}_kl_adjust": round(a["kl_to_exact"], 3),
+                     f"k{k}_gap_closed_kl": None if a["gap_closed"] is None else round(a["gap_closed"], 3),
+                     f"k{k}_mauve_marginal": None if m.get("mauve") is None else round(m["mauve"], 3),
+                     f"k{k}_mauve_adjust": None if a.get("mauve") is None else round(a["mauve"], 3),
+                     f"k{k}_nll_marginal": round(m["nll_exact"], 4), f"k{k}_nll_adjust": round(a["nll_exact"], 4),
+                     f"k{k}_cost_per_token_marginal": f"{m['full_forwards_per_token']:.3f} fwd",
+                     f"k{k}_cost_per_token_adjust": f"{a['full_forwards_per_token']:.3f} fwd + "
+                                                    f"{a['sampler_passes_per_token']:.3f} sampler",
+                     f"k{k}_tokens_per_s_marginal": round(m["tokens_per_s"], 1),
+                     f"k{k}_tokens_per_s_adjust": round(a["tokens_per_s"], 1),
+                     f"k{k}_time_vs_marginal": round(a["cost_vs_marginal"], 2)})
+    if 4 in ks:
+        a = rows[("adjust", 4)]
+        flat["goal_k4_met"] = bool(a["gap_closed"] is not None and a["gap_closed"] >= 0.7
+                                   and a["cost_vs_marginal"] <= 1.3)
+    if "toy" in res:
+        for key in ("marginal_tv", "adjust_tv", "marginal_kl", "adjust_kl", "gap_closed_tv", "gap_closed_kl"):
+            flat[f"toy_k4_{key}"] = round(res["toy"][key], 4)
+    flat["details"] = str(Path(args.out) / "joint_rows.md")
+    return flat
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``mgen bench joint`` body: writes joint.json + joint.md under --out (and toy.json with --toy)."""
+    """Stand-alone ``mgen bench joint`` (mgen's error convention: one line, exit 2)."""
     import argparse
     import sys
 
     from mgen.errors import UserError
 
     ap = argparse.ArgumentParser(prog="mgen bench joint")
-    ap.add_argument("--model", default="dlm-text")
-    ap.add_argument("--joint-sampler", default="joint-dlm-text")
-    ap.add_argument("--prompts", type=int, default=64, help="held-out prompts (16 tokens each)")
-    ap.add_argument("--gen-length", type=int, default=32)
-    ap.add_argument("--ks", default="2,4,8")
-    ap.add_argument("--toy", action="store_true", help="also run the exact small-vocabulary experiment")
-    ap.add_argument("--out", default="bench-joint")
+    add_args(ap)
     args = ap.parse_args(argv)
     try:
-        from mgen.models.dlm import build_text_data
-        from mgen.models.joint_sampler import load_base
-        from mgen.pipelines.dlm import load_joint_layer
-
-        base, entry = load_base(args.model)
-        layer = load_joint_layer(args.joint_sampler)
-        layer.check_base(base)
-        if entry is None:
-            raise UserError("--model must be a registered dlm model (its held-out split gives the prompts)")
-        _, held, _ = build_text_data(entry, base.cfg.seq_len)
-        prompts = held[: args.prompts, :16].tolist()
-        res = run_joint_benchmark(base, layer, prompts, ks=[int(k) for k in args.ks.split(",")],
-                                  gen_length=args.gen_length)
-        md = write_report(res, args.out)
-        print(md.read_text())
-        if args.toy:
-            toy = toy_joint_experiment()
-            (Path(args.out) / "toy.json").write_text(json.dumps(toy, indent=2))
-            print(json.dumps(toy, indent=2))
+        flat = run(args)
     except UserError as e:
         sys.stderr.write(f"mgen bench joint: error: {e}\n")
         return 2
+    print(json.dumps(flat, indent=2))
     return 0
