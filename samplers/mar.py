@@ -109,7 +109,8 @@ class MARSampler:
         ``model.condition``'s signature — and the head's step count — ``hooks.head_steps(step, head_steps)``.
         With ``hooks=None`` this is exactly the official loop.
         """
-        device = next(model.parameters()).device
+        param = next(model.parameters())
+        device = param.device
         if labels is not None:
             labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1).to(device)
             bsz = labels.shape[0]
@@ -126,7 +127,7 @@ class MARSampler:
         # step are the first `masked` ones of the order, so the order's tail is generated first.
         rank = torch.empty_like(orders)
         rank.scatter_(1, orders, torch.arange(L, device=device).expand(bsz, L))
-        tokens = torch.zeros(bsz, L, C, device=device)
+        tokens = torch.zeros(bsz, L, C, device=device, dtype=param.dtype if param.is_floating_point() else None)
         guided = self.cfg != 1.0
         if guided:
             lab2 = torch.cat([labels, labels]) if labels is not None else None

@@ -107,6 +107,9 @@ def test_sample_cli_writes_grid_and_images(tmp_path, capsys):
     (["--class", "10"], "out of range"),
     (["--cfg", "-0.5"], "--cfg"),
     (["--out", "/proc/mgen-cannot-write"], "cannot write"),
+    (["--model", "mar-b", "--class", "1000"], "out of range"),
+    (["--model", "mar-b", "--steps", "300"], "--steps"),
+    (["--model", "mar-b", "--cfg", "-1"], "--cfg"),
 ])
 def test_sample_bad_input_one_line(capsys, argv, message):
     code, _, err = run_cli(capsys, "sample", *argv)
