@@ -148,3 +148,105 @@ def tokenizer_family(entry: Any) -> str | None:
         return registry.get(entry.tokenizer).family
     except UserError:
         return None
+
+
+# -- `mgen bench sample` for the dit / rae-dit families ----------------------------------------------
+
+def bench_sample(args: Any) -> dict[str, Any]:
+    """Time ``DiTPipeline`` / ``RAEDiTPipeline`` sampling once per attention backend (sdpa, math and
+    xformers when installed): images/s and seconds per sampler step for each, in one flat record.
+
+    ``--random-weights`` builds the named config with random weights (no files; timing stops at the
+    latents, no decoding); otherwise the pipeline is loaded as by ``mgen sample`` and images are decoded.
+    """
+    import contextlib
+    import platform
+    import time
+
+    from mgen.nn.attention import available_backends, resolve_backend
+    from mgen.pipelines import family_of, load_pipeline
+
+    if not 1 <= args.steps <= 256:
+        raise UserError(f"--steps must be in 1..256, got {args.steps}")
+    if args.batch_size < 1 or args.repeats < 1:
+        raise UserError("--batch-size and --repeats must be >= 1")
+    backends = list(getattr(args, "attn_backends", None) or available_backends())
+    for b in backends:
+        if b == "auto":
+            raise UserError("--attn-backends: name concrete backends (sdpa, math, xformers)")
+        resolve_backend(b)  # unknown or unavailable backend -> one clear line
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: CUDA is not available on this machine")
+    family, entry = family_of(args.model)
+    if args.random_weights:
+        if entry is None:
+            raise UserError("--random-weights needs a registered model name (e.g. dit-xl-2, rae-dit-xl)")
+        torch.manual_seed(args.seed)
+        if family == "dit":
+            from mgen.models.dit import DiT, DiTConfig
+
+            model: torch.nn.Module = DiT(DiTConfig.from_mapping(entry.arch, where=entry.path))
+            pipe: Any = DiTPipeline(model.eval(), torch.nn.Identity(), DDPMSampler.from_mapping(dict(entry.sampler)))
+        else:
+            from mgen.models.lightningdit import LightningDiT, LightningDiTConfig
+            from mgen.pipelines.rae_dit import RAEDiTPipeline
+            from mgen.samplers.flow import FlowSampler
+
+            model = LightningDiT(LightningDiTConfig.from_mapping(entry.arch, where=entry.path))
+            pipe = RAEDiTPipeline(model.eval(), torch.nn.Identity(), FlowSampler.from_mapping(dict(entry.sampler)))
+        pipe.to(device)
+        out_type = "latent"
+    else:
+        pipe = load_pipeline(args.model, weights=args.weights, tokenizer_weights=args.tokenizer_weights, device=device)
+        out_type = "pt"
+    labels = torch.arange(args.batch_size) % int(pipe.num_classes)
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    autocast = torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    kwargs: dict[str, Any] = {"num_inference_steps": args.steps, "output_type": out_type}
+    if args.cfg is not None:
+        kwargs["guidance_scale"] = args.cfg
+    sampler = dataclasses.replace(pipe.sampler, **{k: v for k, v in kwargs.items() if k != "output_type"})
+    n_evals = args.steps - 1 if getattr(sampler, "time_grid", "uniform") == "rae" else args.steps  # sampler steps
+
+    def once(seed: int) -> float:
+        g = torch.Generator(device=device).manual_seed(seed)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        with torch.no_grad(), autocast:
+            pipe(class_labels=labels.to(device), generator=g, **kwargs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
+    result: dict[str, Any] = {
+        "bench": "sample", "model": args.model, "pipeline": type(pipe).__name__, "random_weights": bool(args.random_weights),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "dtype": args.dtype, "batch_size": args.batch_size, "steps": args.steps,
+        "sampler_steps": n_evals, "method": getattr(sampler, "method", None), "cfg": sampler.guidance_scale,
+        "repeats": args.repeats, "decoded": out_type != "latent",
+    }
+    previous = pipe.transformer.attn_backend
+    try:
+        for b in backends:
+            pipe.transformer.attn_backend = b
+            once(args.seed)  # warm-up
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            total = sum(once(args.seed + 1 + i) for i in range(args.repeats)) / args.repeats
+            result[f"{b}_seconds_per_batch"] = round(total, 4)
+            result[f"{b}_images_per_s"] = round(args.batch_size / total, 3)
+            result[f"{b}_seconds_per_step"] = round(total / max(1, n_evals), 5)
+            if device.type == "cuda":
+                result[f"{b}_peak_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    finally:
+        pipe.transformer.attn_backend = previous
+    if device.type != "cuda":
+        import resource
+
+        result["peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return result
