@@ -35,6 +35,7 @@ else:
         "VQTokenizer": "mgen.tokenizers.vq",
         "VectorQuantizer": "mgen.tokenizers.vq",
         "RAETokenizer": "mgen.tokenizers.rae",
+        "MaskGITJaxVQTokenizer": "mgen.tokenizers.maskgit_jax_vq",
         "digits_images": "mgen.tokenizers.digits",
     }
     __all__ = ["Tokenizer", "load_tokenizer", *_LAZY]
@@ -46,8 +47,15 @@ else:
             return getattr(importlib.import_module(_LAZY[name]), name)
         raise AttributeError(f"module 'mgen.tokenizers' has no attribute {name!r}")
 
-    def load_tokenizer(path_or_name):
-        """Any mgen tokenizer from a registered name (its config's family) or a local file/folder."""
+    _CLASS_FAMILIES = {"AutoencoderKL": "kl", "VQModel": "vq", "RAETokenizer": "rae", "AutoencoderRAE": "rae",
+                       "MaskGITJaxVQTokenizer": "maskgit-jax"}
+
+    def load_tokenizer(path_or_name, weights=None):
+        """Any mgen tokenizer from a registered name (its config's family; ``vq`` configs with
+        ``arch.network: maskgit-jax`` are the MaskGIT (JAX) VQGAN) or a local file/folder.
+
+        ``weights``: a file or folder to load with the class that the registered name selects (e.g.
+        ``load_tokenizer("maskgit-vqgan-jax", weights="vqgan_jax_strongaug.ckpt")``)."""
         import json
         from pathlib import Path
 
@@ -57,23 +65,42 @@ else:
         if not p.exists():
             from mgen import registry
 
-            family = registry.get(str(path_or_name)).family
+            entry = registry.get(str(path_or_name))
+            family = entry.family
+            if family == "vq" and entry.arch.get("network") == "maskgit-jax":
+                family = "maskgit-jax"
         else:
+            if weights is not None:
+                raise UserError(f"{path_or_name}: pass weights= only with a registered tokenizer name")
             family = None
             cfg = p / "config.json" if p.is_dir() else p.parent / "config.json"
             if p.is_dir() and (p / "config.json").is_file():
                 cls_name = json.loads(cfg.read_text()).get("_class_name", "")
-                family = {"AutoencoderKL": "kl", "VQModel": "vq", "RAETokenizer": "rae", "AutoencoderRAE": "rae"}.get(cls_name)
+                family = _CLASS_FAMILIES.get(cls_name)
             elif p.suffix == ".safetensors":
                 from safetensors import safe_open
 
                 with safe_open(str(p), "pt") as f:
                     meta = (f.metadata() or {}).get("config", "{}")
                 cls_name = json.loads(meta).get("_class_name", "")
-                family = {"AutoencoderKL": "kl", "VQModel": "vq", "RAETokenizer": "rae", "AutoencoderRAE": "rae"}.get(cls_name)
+                family = _CLASS_FAMILIES.get(cls_name)
+            elif p.is_file():  # an official checkpoint: tell the MaskGIT (JAX) VQGAN from taming's by its keys
+                from mgen.tokenizers.maskgit_jax_vq import is_maskgit_jax_state_dict
+                from mgen.tokenizers.vq import load_lightning_checkpoint
+
+                from mgen.hub import iter_state_dicts
+
+                ckpt = load_lightning_checkpoint(p)
+                sd = iter_state_dicts(ckpt, ("state_dict", "model")) or ckpt
+                if is_maskgit_jax_state_dict(sd):
+                    family = "maskgit-jax"
+                elif "quantize.embedding.weight" in sd:
+                    family = "vq"
             if family is None:
-                raise UserError(f"{p}: cannot tell which tokenizer this is; use KLTokenizer/VQTokenizer/RAETokenizer.from_pretrained")
-        cls = {"kl": "KLTokenizer", "vq": "VQTokenizer", "rae": "RAETokenizer"}.get(family)
+                raise UserError(f"{p}: cannot tell which tokenizer this is; use KLTokenizer/VQTokenizer/RAETokenizer/"
+                                "MaskGITJaxVQTokenizer.from_pretrained")
+        cls = {"kl": "KLTokenizer", "vq": "VQTokenizer", "rae": "RAETokenizer",
+               "maskgit-jax": "MaskGITJaxVQTokenizer"}.get(family)
         if cls is None:
             raise UserError(f"{path_or_name} is a {family!r} model, not a tokenizer")
-        return __getattr__(cls).from_pretrained(path_or_name)
+        return __getattr__(cls).from_pretrained(weights if weights is not None else path_or_name)

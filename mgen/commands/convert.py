@@ -29,6 +29,12 @@ def _maskgit_vqgan(src: Path, out: Path, **opts: Any) -> None:
     convert_maskgit_vqgan(src, out, **opts)
 
 
+def _maskgit_vqgan_jax(src: Path, out: Path, **opts: Any) -> None:
+    from mgen.tokenizers.maskgit_jax_vq import convert_maskgit_jax_vqgan
+
+    convert_maskgit_jax_vqgan(src, out, **opts)
+
+
 def _rae(src: Path, out: Path, **opts: Any) -> None:
     from mgen.tokenizers.rae import convert_official_rae
 
@@ -57,6 +63,8 @@ def _mar(src: Path, out: Path, **opts: Any) -> None:
 CONVERTERS: dict[str, tuple[str, Callable[..., None]]] = {
     "kl16": ("MAR's official LDM KL-16 VAE kl16.ckpt -> KLTokenizer safetensors folder", _kl16),
     "maskgit-vqgan": ("valeoai/Maskgit-pytorch VQGAN last.ckpt -> VQTokenizer safetensors folder", _maskgit_vqgan),
+    "maskgit-vqgan-jax": ("MaskGIT (JAX) VQGAN vqgan_jax_strongaug.ckpt (ENAT, MAGE) -> MaskGITJaxVQTokenizer "
+                          "safetensors folder", _maskgit_vqgan_jax),
     "rae": ("bytetriper/RAE decoder model.pt -> RAETokenizer folder (--opt encoder=DIR --opt decoder_config=DIR "
             "[--opt stats=stat.pt --opt encoder_input_size=224])", _rae),
     "maskgit": ("valeoai/Maskgit-pytorch MaskGIT_ImageNet_256.pth -> MaskGIT safetensors folder", _maskgit),
