@@ -215,3 +215,58 @@ def test_rae_dit_pipeline():
     assert len(pipe([4], num_inference_steps=2).images) == 1
     with pytest.raises(UserError, match="euler or heun"):
         pipe([4], method="ddpm")
+
+
+def _rae_rope_table(head_dim: int, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE table as RAE's release stores it (EVA's VisionRotaryEmbeddingFast with dim = head_dim / 2):
+    frequencies 10000^(-2i/d) repeated pairwise, row angles then column angles, (grid², head_dim)."""
+    d = head_dim // 2
+    freqs = 1.0 / 10000 ** (torch.arange(0, d, 2).float() / d)
+    ang = (torch.arange(grid).float()[:, None] * freqs[None]).repeat_interleave(2, dim=-1)
+    full = torch.cat([ang[:, None, :].expand(grid, grid, d), ang[None, :, :].expand(grid, grid, d)], dim=-1)
+    return full.reshape(grid * grid, head_dim).cos(), full.reshape(grid * grid, head_dim).sin()
+
+
+def test_rope_table_is_the_rae_layout():
+    cos, sin = _rae_rope_table(64, 4)
+    r = Rope2D(64, 4)
+    assert torch.allclose(r.cos, cos, atol=1e-6) and torch.allclose(r.sin, sin, atol=1e-6)
+
+
+def test_rae_checkpoint_with_rope_buffers_loads_with_inferred_config(tmp_path):
+    # a RAE-release-style plain LightningDiT checkpoint (width 384 -> 6 heads, learn_sigma) with its RoPE buffers
+    arch = dict(input_size=4, patch_size=1, in_channels=4, hidden_size=384, depth=1, num_heads=6, num_classes=10,
+                head_depth=0, learn_sigma=True, use_qknorm=True)
+    m = tiny_model(**arch)
+    sd = dict(m.state_dict())
+    sd["feat_rope.freqs_cos"], sd["feat_rope.freqs_sin"] = _rae_rope_table(64, 4)
+    torch.save({"model": sd, "ema": sd, "optimizer": {}}, tmp_path / "stage2_model.pt")
+    again = LightningDiT.from_pretrained(tmp_path / "stage2_model.pt")
+    for k, v in arch.items():
+        assert getattr(again.config, k) == v, k
+    x, t, y = torch.randn(2, 4, 4, 4), torch.tensor([0.2, 0.9]), torch.tensor([3, 10])
+    with torch.no_grad():
+        out = m(x, t, y)
+        assert out.shape == (2, 4, 4, 4)  # learn_sigma: the variance half is dropped
+        assert torch.equal(again(x, t, y), out)
+    with pytest.raises(UserError, match="heads"):  # widths the paper does not use need config=
+        sd = {k: v for k, v in tiny_model(head_depth=0).state_dict().items()}
+        torch.save(sd, tmp_path / "odd.pt")
+        LightningDiT.from_pretrained(tmp_path / "odd.pt")
+
+
+def test_rae_time_grid():
+    s = FlowSampler(num_inference_steps=50, shift="auto", time_grid="rae")
+    ts = s.timesteps((768, 16, 16))
+    a = math.sqrt(48)
+    assert len(ts) == 50 and ts[0].item() == pytest.approx(1.0)
+    assert ts[-1].item() == pytest.approx(shift_time(0.001, a), rel=1e-3)  # RAE stops at t = shift(1 - 0.999), float32
+    assert ts[10].item() == pytest.approx(shift_time(1 - 10 * 0.999 / 49, a), rel=1e-4)
+    with pytest.raises(UserError, match="time_grid"):
+        FlowSampler(num_inference_steps=1, time_grid="rae").validate()
+    with pytest.raises(UserError, match="time_grid"):
+        FlowSampler(time_grid="karras").validate()
+    m = tiny_model()
+    y = [1, 2]
+    heun = FlowSampler(num_inference_steps=4, method="heun", time_grid="rae").sample(m, y, generator=torch.Generator().manual_seed(0))
+    assert heun.shape == (2, 4, 4, 4) and torch.isfinite(heun).all()

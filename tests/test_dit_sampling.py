@@ -9,7 +9,7 @@ import torch
 
 from mgen import registry
 from mgen.errors import UserError
-from mgen.models.dit import DiT
+from mgen.models.dit import DiT, DiTConfig
 from mgen.pipelines.dit import DiTPipeline
 from mgen.samplers.ddpm import DDPMSampler
 
@@ -192,3 +192,55 @@ def test_shipped_dit_digits_loads_by_name():
     assert isinstance(pipe, DiTPipeline) and pipe.num_classes == 10
     img = pipe([3, 7], generator=torch.Generator().manual_seed(0), output_type="pt").images
     assert img.shape == (2, 3, 16, 16)
+
+
+def test_respacing_is_the_official_one():
+    # IDDPM/DiT space_timesteps(1000, "21") accumulates the fractional stride 49.95: 499, not numpy's 500
+    ts = DDPMSampler(num_inference_steps=21).timestep_list()
+    assert ts[:3] == [999, 949, 899] and 499 in ts and 500 not in ts and ts[-1] == 0 and len(ts) == 21
+    assert DDPMSampler(num_inference_steps=250).timestep_list()[:3] == [999, 995, 991]
+    # "ddim30": the smallest integer stride k with len(range(0, 1000, k)) == 30 is 34 (diffusers' 1000 // 30 = 33)
+    d = DDPMSampler(num_inference_steps=30, method="ddim").timestep_list()
+    assert d[:3] == [986, 952, 918] and d[-1] == 0 and len(d) == 30
+    assert DDPMSampler(num_inference_steps=50, method="ddim").timestep_list()[:2] == [980, 960]
+    with pytest.raises(UserError, match="timestep_spacing"):
+        DDPMSampler(timestep_spacing="karras").timestep_list()
+
+
+class _ExactEps(torch.nn.Module):
+    """ε-prediction that is exact for one fixed x0: ε = (x_t − sqrt(ᾱ_t)·x0) / sqrt(1 − ᾱ_t)."""
+
+    def __init__(self, x0: torch.Tensor, abar: torch.Tensor) -> None:
+        super().__init__()
+        self.x0, self.abar = x0, abar
+        self.p = torch.nn.Parameter(torch.zeros(1))
+        self.config = DiTConfig(input_size=4, patch_size=1, in_channels=4, hidden_size=32, depth=1, num_heads=4,
+                                num_classes=10, learn_sigma=False)
+
+    def forward(self, x, t, y):
+        a = self.abar[t.long()].reshape(-1, 1, 1, 1).float()
+        return (x - a.sqrt() * self.x0) / (1 - a).sqrt()
+
+
+@pytest.mark.parametrize("steps", [7, 30])
+def test_ddim_with_exact_eps_lands_on_x0(steps):
+    s = DDPMSampler(num_inference_steps=steps, method="ddim")
+    abar = s.make_scheduler(learn_sigma=False).alphas_cumprod
+    x0 = torch.linspace(-1, 1, 64).reshape(1, 4, 4, 4)
+    out = s.sample(_ExactEps(x0, abar), [3], generator=torch.Generator().manual_seed(0))
+    assert (out - x0).abs().max().item() < 1e-4
+
+
+def test_bench_sample_times_each_attention_backend(tmp_path, capsys):
+    import json
+
+    from mgen.cli import main
+
+    assert main(["bench", "sample", "--model", "dit-digits", "--steps", "2", "--batch-size", "2", "--repeats", "1",
+                 "--threads", "1", "--out", str(tmp_path)]) == 0
+    rec = json.loads((tmp_path / "sample.json").read_text())
+    for b in ("sdpa", "math"):
+        assert rec[f"{b}_images_per_s"] > 0 and rec[f"{b}_seconds_per_step"] > 0
+    assert rec["pipeline"] == "DiTPipeline" and rec["decoded"] is True
+    assert main(["bench", "sample", "--model", "dit-digits", "--attn-backends", "flash9", "--out", str(tmp_path)]) == 2
+    assert "flash9" in capsys.readouterr().err
