@@ -244,3 +244,17 @@ def test_bench_sample_times_each_attention_backend(tmp_path, capsys):
     assert rec["pipeline"] == "DiTPipeline" and rec["decoded"] is True
     assert main(["bench", "sample", "--model", "dit-digits", "--attn-backends", "flash9", "--out", str(tmp_path)]) == 2
     assert "flash9" in capsys.readouterr().err
+
+
+def test_cli_dit_xl_2_missing_weights_and_bad_input(tmp_path, monkeypatch, capsys):
+    from mgen.cli import main
+
+    monkeypatch.setenv("MGEN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["sample", "--model", "dit-xl-2", "--num", "1", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--weights" in err and "DiT-XL-2-256x256.pt" in err
+    for bad in (["--steps", "0"], ["--class", "10"], ["--num", "0"]):
+        assert main(["sample", "--model", "dit-digits", *bad, "--out", str(tmp_path / "o")]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
