@@ -16,7 +16,7 @@ class Sampler(Protocol):
 
 
 def per_sample_generators(
-    generator: torch.Generator | None, batch_size: int, device: torch.device | str = "cpu"
+    generator: torch.Generator | list[torch.Generator] | None, batch_size: int, device: torch.device | str = "cpu"
 ) -> list[torch.Generator]:
     """One generator per sample index, derived from ``generator``'s current state.
 
@@ -24,6 +24,12 @@ def per_sample_generators(
     (DESIGN.md: "Same seed ⇒ same sample for each index"). The seeds come from one draw of the parent
     generator, so the parent advances exactly once per call.
     """
+    if isinstance(generator, (list, tuple)):  # diffusers' convention: one generator per sample, used as is
+        if len(generator) != batch_size:
+            from mgen.errors import UserError
+
+            raise UserError(f"got {len(generator)} generators for a batch of {batch_size}")
+        return list(generator)
     if generator is None:
         generator = torch.Generator(device="cpu")
         generator.seed()

@@ -141,12 +141,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"mgen sample: model={model} weights={weights} device={device} num={num} seed={args.seed} "
           + " ".join(f"{k}={v}" for k, v in settings.items()) + f" classes={_short(labels)} out={out_dir}", flush=True)
 
+    from mgen.samplers.base import per_sample_generators
+
     bs = args.batch_size or num
+    # one stream per sample index for the whole request, handed to each batch as a list: sample i does not
+    # depend on --batch-size (a single batch gets the same streams the pipeline would derive itself)
+    streams = per_sample_generators(torch.Generator(device=device).manual_seed(args.seed), num, device)
     images = []
     for start in range(0, num, bs):
-        g = torch.Generator(device=device).manual_seed(args.seed + start)  # one stream per batch; per index inside
         chunk = torch.tensor(labels[start:start + bs], device=device)
-        out = pipe(class_labels=chunk, generator=g, output_type="pt", **kwargs)
+        out = pipe(class_labels=chunk, generator=streams[start:start + bs], output_type="pt", **kwargs)
         images.append(out.images.float().cpu())
     imgs = torch.cat(images) * 2 - 1
 

@@ -116,8 +116,6 @@ class DiTPipeline(DiffusionPipeline):
             raise UserError(f"{type(self).__name__} has no temperature setting (it samples a diffusion / flow ODE)")
         if output_type not in OUTPUT_TYPES:
             raise UserError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}; got {output_type!r}")
-        if isinstance(generator, (list, tuple)):
-            raise UserError("pass one torch.Generator; mgen derives one stream per sample from it")
         overrides = dict(guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, method=method)
         sampler = dataclasses.replace(self.sampler, **{k: v for k, v in overrides.items() if v is not None})
         sampler.validate()

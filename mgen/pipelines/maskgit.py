@@ -171,8 +171,6 @@ class MaskGITPipeline(DiffusionPipeline):
         (:func:`mgen.samplers.recap.wrap`: None, True, or ``{"pre_full_steps", "cache_steps"}``)."""
         if output_type not in OUTPUT_TYPES:
             raise UserError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}; got {output_type!r}")
-        if isinstance(generator, (list, tuple)):
-            raise UserError("pass one torch.Generator; mgen derives one stream per sample from it")
         known = {f.name for f in dataclasses.fields(self.sampler)}
         bad = set(decoder_settings) - known
         if bad:
