@@ -1,6 +1,6 @@
 """mgen.eval: FID / IS / KID / precision-recall on torch-fidelity's Inception, and digits metrics.
 
-``from mgen.eval import evaluate``: see :func:`mgen.eval.evaluate.evaluate`. One metric per module:
+``from mgen.eval import evaluate``: see :func:`mgen.eval.evaluation.evaluate`. One metric per module:
 :mod:`~mgen.eval.fid`, :mod:`~mgen.eval.isc`, :mod:`~mgen.eval.kid`, :mod:`~mgen.eval.prdc`; features
 in :mod:`~mgen.eval.inception`; inputs in :mod:`~mgen.eval.inputs`; sampling straight from a model with
 resumable feature shards in :mod:`~mgen.eval.streaming`; the offline digits classifier metrics in
@@ -18,11 +18,13 @@ def __getattr__(name: str) -> Any:
     # lazy: importing mgen.eval must not import torch-fidelity / sklearn before they are needed
     import importlib
 
-    where = {"evaluate": "evaluate", "save_reference_stats": "evaluate", "digits_metrics": "digits",
+    # (the module is `evaluation`, not `evaluate`: a submodule named like the function would rebind
+    # `mgen.eval.evaluate` to the module whenever it is imported before the function is looked up)
+    where = {"evaluate": "evaluation", "save_reference_stats": "evaluation", "digits_metrics": "digits",
              "stream_features": "streaming"}
     if name not in where:
         raise AttributeError(name)
     mod = importlib.import_module(f"mgen.eval.{where[name]}")
     value = getattr(mod, name)
-    globals()[name] = value  # replaces the submodule binding `mgen.eval.evaluate` with the function
+    globals()[name] = value
     return value

@@ -137,17 +137,9 @@ def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 def save_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, **extra: np.ndarray) -> Path:
     """Write ``mu``/``sigma`` (plus any extra arrays) to an ``.npz`` atomically."""
-    import tempfile
+    from mgen.fileio import atomic_write
 
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=p.parent)
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, mu=np.asarray(mu), sigma=np.asarray(sigma), **extra)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(p) as tmp, open(tmp, "wb") as f:
+        np.savez(f, mu=np.asarray(mu), sigma=np.asarray(sigma), **extra)
     return p

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -39,16 +38,11 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, p
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
     """Write a PNG atomically (temp file + rename): no half-written file is ever left behind."""
+    from mgen.fileio import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -135,3 +135,16 @@ def test_precision_recall_matches_torch_fidelity():
     real = torch.randn(90, 16, generator=g) * 1.2 + 0.2
     assert prdc.precision_recall(fake, real, 3, block=32) == pytest.approx(
         calculate_precision_recall_full(fake, real, 3, 10000))
+
+
+def test_evaluate_is_the_function_whatever_was_imported_first():
+    """`from mgen.eval import evaluate` must give the function even after the implementation module (or the
+    CLI that uses it) was imported first, in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = ("import mgen.commands.eval, mgen.eval.evaluation, mgen.eval.streaming\n"
+            "from mgen.eval import evaluate\n"
+            "import inspect; assert inspect.isfunction(evaluate), evaluate\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]

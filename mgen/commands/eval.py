@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -71,17 +70,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _write_json(path: str | os.PathLike, obj: dict[str, Any]) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from mgen.fileio import atomic_write
+
+    with atomic_write(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
 
 
 def _versions() -> dict[str, str]:
@@ -147,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_folders(args: argparse.Namespace) -> dict[str, Any]:
     from mgen.eval import fid as fidlib
-    from mgen.eval.evaluate import _check_counts, check_same_kind, evaluate, is_stats_file, normalize_metrics
+    from mgen.eval.evaluation import _check_counts, check_same_kind, evaluate, is_stats_file, normalize_metrics
     from mgen.eval.inception import InceptionFeatures, resolve_inception_weights
     from mgen.eval.inputs import as_source
 
@@ -228,7 +221,7 @@ def _run_model(args: argparse.Namespace) -> dict[str, Any] | None:
     import torch
 
     from mgen.eval import fid as fidlib
-    from mgen.eval.evaluate import is_stats_file, metrics_from_features, normalize_metrics
+    from mgen.eval.evaluation import is_stats_file, metrics_from_features, normalize_metrics
     from mgen.eval.streaming import _accelerate_state, images_to_uint8, pipeline_sample_fn, stream_features
 
     digits = _is_digits_model(args.model) if args.digits is None else args.digits
