@@ -48,52 +48,95 @@ def _load_for_bench(args: argparse.Namespace, device: Any) -> Any:
 
     if args.random_weights:
         family, entry = family_of(args.model)
-        if family != "mar" or entry is None:
-            raise UserError("--random-weights is available for named MAR models (mar-b, mar-l, mar-h, mar-digits)")
+        if family not in ("mar", "dit", "rae-dit") or entry is None:
+            raise UserError("--random-weights is available for named MAR, DiT and RAE-DiT models "
+                            "(mar-b, dit-xl-2, rae-dit-xl, ...)")
         import torch
 
-        from mgen.models.mar import MAR, resolve_config
-        from mgen.pipelines.mar import MARPipeline
-
         torch.manual_seed(args.seed)
-        pipe = MARPipeline(tokenizer=None, transformer=MAR.from_config_obj(resolve_config(entry.name)).eval())
-        pipe.defaults.update({k: v for k, v in entry.sampler.items() if k in pipe.defaults})
+        if family == "mar":
+            from mgen.models.mar import MAR, resolve_config
+            from mgen.pipelines.mar import MARPipeline
+
+            pipe = MARPipeline(tokenizer=None, transformer=MAR.from_config_obj(resolve_config(entry.name)).eval())
+            pipe.defaults.update({k: v for k, v in entry.sampler.items() if k in pipe.defaults})
+        elif family == "dit":
+            from mgen.models.dit import DiT, DiTConfig
+            from mgen.pipelines.dit import DiTPipeline
+            from mgen.samplers.ddpm import DDPMSampler
+
+            model = DiT(DiTConfig.from_mapping(entry.arch, where=entry.path))
+            pipe = DiTPipeline(model.eval(), torch.nn.Identity(), DDPMSampler.from_mapping(dict(entry.sampler)))
+        else:
+            from mgen.models.lightningdit import LightningDiT, LightningDiTConfig
+            from mgen.pipelines.rae_dit import RAEDiTPipeline
+            from mgen.samplers.flow import FlowSampler
+
+            model = LightningDiT(LightningDiTConfig.from_mapping(entry.arch, where=entry.path))
+            pipe = RAEDiTPipeline(model.eval(), torch.nn.Identity(), FlowSampler.from_mapping(dict(entry.sampler)))
         return pipe.to(device)
     return load_pipeline(args.model, weights=args.weights, tokenizer_weights=args.tokenizer_weights, device=device)
 
 
+def _attention_backends(args: argparse.Namespace, family: str) -> list[str | None]:
+    """DiT / RAE-DiT: the attention backends timed one after another (``--attn-backends``, default all available);
+    other families: ``[None]``, one timing with the model's own backend."""
+    if family not in ("dit", "rae-dit"):
+        return [None]
+    from mgen.nn.attention import available_backends, resolve_backend
+
+    backends = list(getattr(args, "attn_backends", None) or available_backends())
+    for b in backends:
+        if b == "auto":
+            raise UserError("--attn-backends: name concrete backends (sdpa, math, xformers)")
+        resolve_backend(b)  # unknown or unavailable backend -> one clear line
+    return backends
+
+
 def _run_sample(args: argparse.Namespace) -> dict[str, Any]:
+    """Sampling speed: images/s and seconds per step (MAR: transformer vs diffusion head; DiT / RAE-DiT: once
+    per attention backend, keys prefixed with the backend), peak memory."""
     import contextlib
+    import dataclasses
 
     import torch
 
     from mgen.pipelines import family_of
 
-    if family_of(args.model)[0] in ("dit", "rae-dit"):  # one timing per attention backend (DiT area)
-        from mgen.pipelines.dit import bench_sample
-
-        return bench_sample(args)
     if not 1 <= args.steps <= 256:
         raise UserError(f"--steps must be in 1..256, got {args.steps}")
     if args.batch_size < 1 or args.repeats < 1:
         raise UserError("--batch-size and --repeats must be >= 1")
+    backends = _attention_backends(args, family_of(args.model)[0])
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: CUDA is not available on this machine")
     pipe = _load_for_bench(args, device)
-    family = type(pipe).__name__
     labels = torch.arange(args.batch_size) % int(getattr(pipe, "num_classes", 1) or 1)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     autocast = (torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext())
     is_mar = hasattr(pipe, "make_sampler")
-    out_type = "latent" if (is_mar and getattr(pipe, "tokenizer", None) is None) else "pt"
+    out_type = "latent" if args.random_weights or (is_mar and getattr(pipe, "tokenizer", None) is None) else "pt"
     kwargs: dict[str, Any] = {"num_inference_steps": args.steps, "output_type": out_type}
     if args.cfg is not None:
         kwargs["guidance_scale"] = args.cfg
     if is_mar:
         kwargs.update(head_steps=args.head_steps, profile=True)
+    result: dict[str, Any] = {
+        "bench": "sample", "model": args.model, "pipeline": type(pipe).__name__, "random_weights": bool(args.random_weights),
+        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "dtype": args.dtype, "batch_size": args.batch_size, "steps": args.steps,
+        "repeats": args.repeats,
+    }
+    n_evals = args.steps
+    if backends != [None]:  # DiT / RAE-DiT: the sampler's own step count (RAE's time grid has N points, N-1 steps)
+        sampler = dataclasses.replace(pipe.sampler, num_inference_steps=args.steps,
+                                      **({"guidance_scale": args.cfg} if args.cfg is not None else {}))
+        n_evals = args.steps - 1 if getattr(sampler, "time_grid", "uniform") == "rae" else args.steps
+        result.update(sampler_steps=n_evals, method=getattr(sampler, "method", None), cfg=sampler.guidance_scale,
+                      decoded=out_type != "latent")
 
     def once(seed: int) -> dict[str, float]:
         g = torch.Generator(device=device).manual_seed(seed)
@@ -109,26 +152,31 @@ def _run_sample(args: argparse.Namespace) -> dict[str, Any]:
             rec.update(pipe.last_sampler.timings)
         return rec
 
-    once(args.seed)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    runs = [once(args.seed + 1 + i) for i in range(args.repeats)]
-    total = sum(r["total_s"] for r in runs) / len(runs)
-    result: dict[str, Any] = {
-        "bench": "sample", "model": args.model, "pipeline": family, "random_weights": bool(args.random_weights),
-        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(), "dtype": args.dtype, "batch_size": args.batch_size, "steps": args.steps,
-        "repeats": args.repeats, "seconds_per_batch": round(total, 4), "images_per_s": round(args.batch_size / total, 3),
-        "seconds_per_step": round(total / args.steps, 5),
-    }
+    previous = pipe.transformer.attn_backend if backends != [None] else None
+    try:
+        for b in backends:
+            key = "" if b is None else f"{b}_"
+            if b is not None:
+                pipe.transformer.attn_backend = b
+            once(args.seed)  # warm-up
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            runs = [once(args.seed + 1 + i) for i in range(args.repeats)]
+            total = sum(r["total_s"] for r in runs) / len(runs)
+            result[f"{key}seconds_per_batch"] = round(total, 4)
+            result[f"{key}images_per_s"] = round(args.batch_size / total, 3)
+            result[f"{key}seconds_per_step"] = round(total / max(1, n_evals), 5)
+            if device.type == "cuda":
+                result[f"{key}peak_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    finally:
+        if backends != [None]:
+            pipe.transformer.attn_backend = previous
     if is_mar:
         s = pipe.last_sampler
         result.update(cfg=s.cfg, head_steps=s.head_steps,
                       transformer_s_per_step=round(sum(r["transformer_s"] for r in runs) / len(runs) / max(1, runs[0]["steps"]), 5),
                       head_s_per_step=round(sum(r["head_s"] for r in runs) / len(runs) / max(1, runs[0]["steps"]), 5))
-    if device.type == "cuda":
-        result["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    else:
+    if device.type != "cuda":
         import resource
 
         result["peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # process peak RSS
