@@ -20,6 +20,18 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MGEN_HOME", str(tmp_path_factory.mktemp("mgen_home")))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module (``pytestmark = pytest.mark.usefixtures("one_thread")``): the tiny
+    models run slower with more threads on a shared 2-core machine."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture
 def run_mgen():
     """Run the CLI in a subprocess: returns CompletedProcess with text stdout/stderr."""

@@ -11,13 +11,7 @@ from mgen.samplers.enat import ENATSampler
 from mgen.samplers.mask_schedules import floor_mask_counts, mask_counts
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the tiny models here run slower with more on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 TINY = dict(grid_size=4, hidden_dim=32, enc_depth=2, dec_depth=1, heads=4, codebook_size=16, num_classes=10)
 

@@ -13,13 +13,7 @@ from mgen.models.diffloss import GaussianDiffusion, cosine_betas, space_timestep
 from mgen.models.mar import MAR, MARConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, above all on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 TINY = dict(img_size=16, vae_stride=4, patch_size=1, vae_embed_dim=4, encoder_embed_dim=32, encoder_depth=1,
             encoder_num_heads=2, decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=2, class_num=5,

@@ -19,12 +19,7 @@ ARCH = dict(img_size=16, vae_stride=4, patch_size=1, vae_embed_dim=16, encoder_e
             buffer_size=2, diffloss_d=1, diffloss_w=32, num_sampling_steps=10, diffusion_batch_mul=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def tiny_pipe(seed: int = 0) -> MARPipeline:

@@ -22,13 +22,7 @@ def tiny_model(seed: int = 0):
     return m
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, above all on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def official_schedule(seq_len: int, num_iter: int) -> list[tuple[int, float]]:

@@ -9,18 +9,15 @@ from mgen.cli import main
 from mgen.errors import UserError
 from mgen.samplers.base import per_sample_generators
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+
 
 @pytest.mark.parametrize("model,extra", [("maskgit-digits", []), ("enat-digits", []),
                                          ("mar-digits", ["--steps", "2", "--head-steps", "4"])])
 def test_cli_batches_do_not_change_samples(tmp_path, model, extra):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for bs in (2, 5):
-            assert main(["sample", "--model", model, "--num", "5", "--batch-size", str(bs), "--seed", "3",
-                         "--no-progress", "--out", str(tmp_path / f"b{bs}"), *extra]) == 0
-    finally:
-        torch.set_num_threads(n)
+    for bs in (2, 5):
+        assert main(["sample", "--model", model, "--num", "5", "--batch-size", str(bs), "--seed", "3",
+                     "--no-progress", "--out", str(tmp_path / f"b{bs}"), *extra]) == 0
     for i in range(5):
         assert (tmp_path / "b2" / f"{i:04d}.png").read_bytes() == (tmp_path / "b5" / f"{i:04d}.png").read_bytes()
 

@@ -16,12 +16,7 @@ from mgen.tokenizers.maskgit_jax_vq import MaskGITJaxVQConfig, MaskGITJaxVQToken
 CH, CH_MULT, NRB, Z, K = 32, (1, 1, 2, 2, 2), 1, 32, 64  # 5 levels: stride 16 as the real one
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def _official_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
