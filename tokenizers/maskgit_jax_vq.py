@@ -444,11 +444,12 @@ class MaskGITJaxVQTokenizer(nn.Module):
 def check_registered(name: str) -> None:
     """A registered name must be this tokenizer's config (family ``vq`` with ``arch.network: maskgit-jax``)."""
     from mgen import registry
+    from mgen.tokenizers.kl import _check_family
 
-    if any(e.name == name for e in registry.list_models()):
-        entry = registry.get(name)
-        if entry.family != "vq" or entry.arch.get("network") != NETWORK:
-            raise UserError(f"{name} is not the MaskGIT (JAX) VQGAN tokenizer (family {entry.family!r})")
+    what = "the MaskGIT (JAX) VQGAN tokenizer"
+    _check_family(name, "vq", what)
+    if any(e.name == name for e in registry.list_models()) and registry.get(name).arch.get("network") != NETWORK:
+        raise UserError(f"{name} is a VQ tokenizer of another network, not {what}")
 
 
 def is_maskgit_jax_tokenizer(spec: str | Path) -> bool:
