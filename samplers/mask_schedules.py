@@ -94,10 +94,11 @@ def mask_counts(name: str, num_steps: int, num_tokens: int) -> list[int]:
     return counts
 
 
-def _check_steps(num_steps: int, num_tokens: int) -> None:
+def _check_steps(num_steps: int, num_tokens: int | None) -> None:
+    """A positive integer step count, and (unless ``num_tokens`` is None) no more steps than tokens."""
     if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
         raise UserError(f"number of decoding steps must be a positive integer, got {num_steps!r}")
-    if num_steps > num_tokens:
+    if num_tokens is not None and num_steps > num_tokens:
         raise UserError(f"{num_steps} decoding steps for only {num_tokens} tokens: use at most {num_tokens} steps")
 
 
@@ -107,8 +108,7 @@ def floor_mask_counts(name: str, num_steps: int, num_tokens: int) -> list[int]:
     A step may reveal no token when T is large for N (T > N is allowed); γ(1) = 0, so the last entry is
     always 0. The cosine value is computed in float64 exactly as the official ``np.cos(ratio·π·0.5)``."""
     name = check_schedule(name)
-    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
-        raise UserError(f"number of decoding steps must be a positive integer, got {num_steps!r}")
+    _check_steps(num_steps, None)  # T > N is allowed here
     counts = []
     for t in range(num_steps):
         ratio = 1.0 * (t + 1) / num_steps
