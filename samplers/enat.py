@@ -19,6 +19,11 @@ feature reuse:
   conditional and unconditional branches keep their own states.
 
 Official ImageNet-256 ENAT-L settings: 8 steps, cfg 2.5, mask_temp 1.5, samp_temp 6.
+
+Precision and progress as in :mod:`mgen.samplers.maskgit`: guidance, log-softmax, Gumbel noise and
+confidence in float32; ``callback(step, timestep, {"tokens", "mask"})`` after each of the
+:attr:`ENATSampler.total_steps` steps (a callback that masks a token again makes the next step recompute
+instead of reusing features, since reuse needs the visible set to grow).
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ import torch
 from mgen.errors import UserError
 from mgen.samplers.base import per_sample_generators
 from mgen.samplers.mask_schedules import check_schedule, floor_mask_counts
-from mgen.samplers.maskgit import filter_logits, gumbel_like, sample_codes, select_masked, validate_labels
+from mgen.samplers.maskgit import (StepCallback, filter_logits, gumbel_like, sample_codes, select_masked,
+                                   step_callback, validate_labels)
 
 
 @dataclass
@@ -73,11 +79,18 @@ class ENATSampler:
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
 
+    @property
+    def total_steps(self) -> int:
+        """How many times :meth:`sample` calls its ``callback`` (one per decoding step)."""
+        return int(self.num_steps)
+
     @torch.no_grad()
     def sample(self, model: torch.nn.Module, class_labels: torch.Tensor | None = None, *,
-               batch_size: int | None = None, generator: torch.Generator | None = None,
-               return_history: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Decode a batch of code grids (B, h, w) for ``class_labels`` (None = unconditional)."""
+               batch_size: int | None = None, generator: torch.Generator | list[torch.Generator] | None = None,
+               return_history: bool = False,
+               callback: StepCallback | None = None) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Decode a batch of code grids (B, h, w) for ``class_labels`` (None = unconditional). ``callback``:
+        :func:`mgen.samplers.maskgit.step_callback`, after each of the :attr:`total_steps` steps."""
         self.validate()
         device = next(model.parameters()).device
         if class_labels is None:
@@ -121,6 +134,10 @@ class ENATSampler:
             conf = torch.where(masked, conf, torch.full_like(conf, float("inf")))
             remask = select_masked(conf, counts[t])
             ids = torch.where(remask, torch.full_like(drawn, mask_id), drawn)
+            if callback is not None:
+                ids, _ = step_callback(callback, t, counts[t] / n, ids, remask, (h, w), mask_id)
+                if bool(((ids == mask_id) & ~state.masking[:b]).any()):  # a token was masked again: no reuse
+                    state = None
             if return_history:
                 history.append(ids.view(b, h, w).clone())
         out_codes = ids.view(b, h, w)

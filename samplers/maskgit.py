@@ -16,6 +16,14 @@ Start from all ``h·w`` tokens masked. At step t = 0 … T−1:
 Every random number comes from one generator per sample (:func:`mgen.samplers.per_sample_generators`),
 so a sample depends on its seed and index only, not on the batch size.
 
+Precision: the logits are taken as float32 (the generators' heads already return float32 when their
+weights are bfloat16/float16), and the guidance mixing, the tempered (log-)softmax, the Gumbel noise and
+the confidence ranking all run in float32; the codes returned are ``torch.long`` as always.
+
+Progress: ``sample(..., callback=fn)`` calls ``fn(step, timestep, {"tokens": codes, "mask": mask})`` once
+after each of the :attr:`MaskGITSampler.total_steps` steps (:func:`step_callback`); the sampler shows no
+progress bar of its own (pipelines own it).
+
 ``reference="valeoai"`` reproduces valeoai/Maskgit-pytorch v1 ``Trainer/vit.py: MaskGIT.sample`` (the code
 its ``MaskGIT_ImageNet_256.pth`` was evaluated with, README: arccos, 8 steps, Gumbel temp 4.5, cfg 3), which
 differs from the paper / JAX rule above in four places; the ``maskgit`` config selects it:
@@ -34,7 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 
@@ -92,6 +100,32 @@ def cfg_scale_at(cfg: float, schedule: str, step: int, num_steps: int) -> float:
     if schedule == "constant" or num_steps == 1:
         return float(cfg)
     return float(cfg) * step / (num_steps - 1)
+
+
+#: ``callback(step, timestep, state) -> dict | None`` (docs/ARCHITECTURE.md, "Samplers")
+StepCallback = Callable[[int, float, dict[str, torch.Tensor]], Optional[dict[str, torch.Tensor]]]
+
+
+def step_callback(callback: StepCallback | None, step: int, timestep: float, codes: torch.Tensor,
+                  masked: torch.Tensor, grid: tuple[int, int], mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Call ``callback(step, timestep, {"tokens": (B, h, w) long, "mask": (B, h, w) bool})`` after a step of a
+    masked decoder and apply what it returns (diffusers' ``callback_on_step_end`` semantics): the tensors it
+    names replace the sampler's state, other names are ignored. Positions whose mask is True hold
+    ``mask_id`` afterwards (a token written at a masked position is only kept if the mask is cleared too).
+    ``timestep``: the fraction of tokens still masked after the step (1 → 0, the masked decoder's noise level).
+    Returns the (B, h·w) codes and mask to continue with."""
+    if callback is None:
+        return codes, masked
+    b, n = codes.shape
+    h, w = grid
+    out = callback(step, float(timestep), {"tokens": codes.view(b, h, w), "mask": masked.view(b, h, w)})
+    if not out:
+        return codes, masked
+    if "tokens" in out:
+        codes = torch.as_tensor(out["tokens"]).to(device=codes.device, dtype=torch.long).reshape(b, n)
+    if "mask" in out:
+        masked = torch.as_tensor(out["mask"]).to(device=masked.device, dtype=torch.bool).reshape(b, n)
+    return torch.where(masked, torch.full_like(codes, mask_id), codes), masked
 
 
 def validate_labels(labels: torch.Tensor | None, batch_size: int | None, num_classes: int) -> None:
@@ -174,14 +208,22 @@ class MaskGITSampler:
     def settings(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def total_steps(self) -> int:
+        """How many times :meth:`sample` calls its ``callback`` (one per decoding step)."""
+        return int(self.num_steps)
+
     @torch.no_grad()
     def sample(self, model: torch.nn.Module, class_labels: torch.Tensor | None = None, *,
-               batch_size: int | None = None, generator: torch.Generator | None = None,
-               return_history: bool = False, hooks: Any = None) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+               batch_size: int | None = None, generator: torch.Generator | list[torch.Generator] | None = None,
+               return_history: bool = False, hooks: Any = None,
+               callback: StepCallback | None = None) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Decode a batch: ``class_labels`` (B,) (None = unconditional, then ``batch_size`` is needed).
 
         Returns codes (B, h, w); with ``return_history`` also the list of per-step code grids
-        (masked positions hold the mask id).
+        (masked positions hold the mask id). ``generator``: one generator (per-sample streams are derived
+        from it) or a list of B generators (used as given). ``callback``: see :func:`step_callback`; it is
+        called after every one of the :attr:`total_steps` steps.
 
         ``hooks`` (optional; used by :class:`mgen.samplers.recap.ReCAP`) may replace two things per step t:
         ``hooks.logits(sampler, model, codes, class_labels, t)`` → guided logits (B, N, V) instead of
@@ -213,6 +255,7 @@ class MaskGITSampler:
         history = []
         for t in range(self.num_steps):
             if valeoai and not bool(masked.any()):  # the official loop stops once everything is decoded
+                codes, masked = step_callback(callback, t, counts[t] / n, codes, masked, (h, w), mask_id)
                 if return_history:
                     history.append(codes.view(b, h, w).clone())
                 continue
@@ -240,6 +283,7 @@ class MaskGITSampler:
             remask = select_masked(conf, counts[t])
             masked = remask
             codes = torch.where(remask, torch.full_like(drawn, mask_id), drawn)
+            codes, masked = step_callback(callback, t, counts[t] / n, codes, masked, (h, w), mask_id)
             if return_history:
                 history.append(codes.view(b, h, w).clone())
         out = codes.clamp(max=model.codebook_size - 1) if valeoai else codes

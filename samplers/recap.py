@@ -209,6 +209,12 @@ class ReCAP:
         return (f"ReCAP({self.base!r}, pre_full_steps={self.pre_full_steps}, cache_steps={self.cache_steps}, "
                 f"head_fast_ratio={self.head_fast_ratio})")
 
+    @property
+    def total_steps(self) -> int:
+        """How many times ``sample`` calls its ``callback``: the base sampler's steps (full and cheap alike)."""
+        own = getattr(self.base, "total_steps", None)
+        return int(own if own is not None else self.base.num_steps)
+
     def plan(self, num_steps: int | None = None) -> list[str]:
         """``"full"`` / ``"cheap"`` for each of the K steps."""
         k = int(num_steps if num_steps is not None else self.base.num_steps)
@@ -241,7 +247,10 @@ class ReCAP:
                          self.head_fast_ratio, self.last_stats)
 
     def sample(self, model: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        """The base sampler's ``sample`` with ReCAP's full/cheap steps (same arguments, same result)."""
+        """The base sampler's ``sample`` with ReCAP's full/cheap steps (same arguments — ``generator``,
+        ``callback`` — same result). The callback runs after every step, full or cheap; a callback that changes
+        the state inside a full/cheap cycle makes the cheap step decode the positions reserved at the full step
+        as far as they are still masked."""
         labels = args[0] if args else kwargs.get("class_labels", kwargs.get("labels"))
         if labels is not None:
             b = int(torch.as_tensor(labels).reshape(-1).shape[0])

@@ -88,10 +88,10 @@ def test_forward_semantics():
 
 def test_save_pretrained_round_trip(tmp_path):
     m = _model()
-    m.save_pretrained(tmp_path / "mg")
-    assert (tmp_path / "mg" / "model.safetensors").exists() and (tmp_path / "mg" / "config.json").exists()
+    m.save_pretrained(tmp_path / "mg")  # diffusers' ModelMixin layout
+    assert (tmp_path / "mg" / "diffusion_pytorch_model.safetensors").exists() and (tmp_path / "mg" / "config.json").exists()
     loaded = MaskGITTransformer.from_pretrained(tmp_path / "mg")
-    assert loaded.config == m.config
+    assert loaded.arch == m.arch
     codes = torch.randint(0, 17, (2, 16))
     with torch.no_grad():
         assert torch.equal(m(codes, torch.tensor([1, 2])), loaded(codes, torch.tensor([1, 2])))

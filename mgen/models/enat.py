@@ -25,18 +25,19 @@ through :func:`mgen.nn.attention.attention` like every other model.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from mgen.errors import UserError, WeightsError
+from mgen.models.maskgit import _config_from, _jsonable, _load_pretrained, accepts_arch_object, load_state
 from mgen.nn import LabelEmbedder, Mlp, modulate
 from mgen.nn.attention import attention
 
@@ -135,7 +136,9 @@ class MlmLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, 1, vocab_size))
 
     def forward(self, x: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
-        return self.ln(self.gelu(self.fc(x))) @ word_embeddings.t() + self.bias
+        # the product with the tied embedding in float32: the sampler's softmax / Gumbel / confidence ranking
+        # read these logits (a no-op cast for float32 weights)
+        return self.ln(self.gelu(self.fc(x))).float() @ word_embeddings.float().t() + self.bias.float()
 
 
 class MultiwayKV(nn.Module):
@@ -217,17 +220,36 @@ def _rows(x: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
     return x[sel].reshape(x.shape[0], k, x.shape[-1])
 
 
-class ENAT(nn.Module):
-    """The ENAT generator. ``model(ids, labels, drop_label, prev=None, return_state=False)``."""
+class ENAT(ModelMixin, ConfigMixin):
+    """The ENAT generator. ``model(ids, labels, drop_label, prev=None, return_state=False)``.
 
-    def __init__(self, config: ENATConfig | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    A diffusers ``ModelMixin + ConfigMixin``: the keyword arguments are the ``arch:`` fields of a
+    ``configs/enat-*.yaml`` entry (``ENAT(**arch)``; :meth:`from_arch` validates a mapping first, accepting the
+    official ``enc_dec`` pair), ``save_pretrained`` writes ``config.json`` + ``diffusion_pytorch_model.safetensors``
+    and :meth:`from_pretrained` reads those folders as well as the official ``nnet_ema.pth``.
+
+    Reduced precision: ``.to(torch.bfloat16)`` / ``torch_dtype=torch.bfloat16`` runs the blocks in that dtype;
+    the MLM head's product with the tied embedding is float32, so the logits are float32.
+    """
+
+    @accepts_arch_object(ENATConfig)
+    @register_to_config
+    def __init__(self, grid_size: int = 16, hidden_dim: int = 1024, enc_depth: int = 22, dec_depth: int = 2,
+                 heads: int = 16, mlp_ratio: float = 4.0, codebook_size: int = 1024, num_classes: int = 1000,
+                 emb_dropout: float = 0.1, img_size: int | None = None, label_drop: float = 0.1,
+                 mask_beta: tuple[float, float] | list[float] = (12.0, 3.0), reuse_prob: float = 0.5,
+                 label_smoothing: float = 0.1) -> None:
         super().__init__()
-        if config is None or isinstance(config, Mapping):
-            config = ENATConfig.from_mapping({**(config or {}), **kwargs})
-        elif kwargs:
-            config = dataclasses.replace(config, **kwargs)
-        config.validate()
-        self.config = c = config
+        beta = tuple(float(v) for v in mask_beta)
+        if len(beta) != 2:
+            raise UserError(f"ENAT mask_beta must be two numbers, got {mask_beta!r}")
+        c = ENATConfig(grid_size=grid_size, hidden_dim=hidden_dim, enc_depth=enc_depth, dec_depth=dec_depth,
+                       heads=heads, mlp_ratio=mlp_ratio, codebook_size=codebook_size, num_classes=num_classes,
+                       emb_dropout=emb_dropout, img_size=img_size, label_drop=label_drop, mask_beta=beta,
+                       reuse_prob=reuse_prob, label_smoothing=label_smoothing)
+        c.validate()
+        self.register_to_config(mask_beta=list(beta))  # JSON form, so a reloaded config compares equal
+        self.arch = c
         d = c.hidden_dim
         self.codebook_size, self.mask_token_id, self.num_classes = c.codebook_size, c.codebook_size, c.num_classes
         self.grid_size = (c.grid_size, c.grid_size)
@@ -242,6 +264,14 @@ class ENAT(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.mlm_layer = MlmLayer(d, vocab)
         self.initialize_weights()
+
+    @classmethod
+    def from_arch(cls, arch: Mapping[str, Any] | ENATConfig, where: str = "arch") -> "ENAT":
+        """A random-weight model from a registry entry's ``arch:`` mapping (validated: unknown keys, bad
+        values → :class:`UserError`; the official ``enc_dec: [22, 2]`` pair is accepted)."""
+        cfg = arch if isinstance(arch, ENATConfig) else ENATConfig.from_mapping(arch, where=where)
+        cfg.validate(where)
+        return cls(**_jsonable(dataclasses.asdict(cfg)))
 
     def initialize_weights(self) -> None:
         """Official init: xavier-uniform linears with zero bias, N(0, 0.02) embeddings, zero adaLN."""
@@ -262,7 +292,7 @@ class ENAT(nn.Module):
 
     @property
     def num_tokens(self) -> int:
-        return self.config.num_tokens
+        return self.arch.num_tokens
 
     def condition(self, labels: torch.Tensor | None, drop_label: torch.Tensor | None, b: int,
                   device: torch.device) -> torch.Tensor:
@@ -288,8 +318,8 @@ class ENAT(nn.Module):
         n = self.num_tokens
         if ids.shape[1] != n:
             raise UserError(f"ENAT expects {n} tokens per image, got {ids.shape[1]}")
-        enc = self.blocks[: self.config.enc_depth]
-        dec = self.blocks[self.config.enc_depth:]
+        enc = self.blocks[: self.arch.enc_depth]
+        dec = self.blocks[self.arch.enc_depth:]
         x = self.x_embedder(ids)
         c = self.condition(labels, drop_label, b, ids.device)
         masking = ids == self.mask_token_id
@@ -325,49 +355,37 @@ class ENAT(nn.Module):
 
     # -- weights ------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, config: str | ENATConfig | Mapping[str, Any] | None = None,
-                        weights: str | os.PathLike | None = None, map_location: str | torch.device = "cpu") -> "ENAT":
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike,
+                        config: str | ENATConfig | Mapping[str, Any] | None = None,
+                        weights: str | os.PathLike | None = None, map_location: str | torch.device | None = None,
+                        **kwargs: Any) -> "ENAT":
         """Load the official ``nnet_ema.pth`` (a plain state dict), a safetensors file, a folder written by
-        :meth:`save_pretrained`, or a registry name. ``config``: registry name / :class:`ENATConfig` /
-        ``arch`` mapping; otherwise the folder's ``config.json``, the registry entry, or the shapes
-        (heads assumed 16 as in ENAT-L, the depth split assumed ``depth−2`` / 2)."""
-        from mgen import hub
+        :meth:`save_pretrained` (delegated to diffusers' loader with ``**kwargs``), an older mgen folder
+        (``config.json`` + ``model.safetensors``) or a registry name (``enat-l``, ``enat-digits``).
+        ``config``: registry name / YAML file / :class:`ENATConfig` / ``arch`` mapping; otherwise the folder's
+        ``config.json``, the registry entry, or the shapes (heads assumed 16 as in ENAT-L, the depth split
+        assumed ``depth−2`` / 2). ``torch_dtype`` is honoured on every path; the model is in eval mode."""
+        return _load_pretrained(cls, ENATConfig, pretrained_model_name_or_path, config, weights, map_location,
+                                kwargs, extract_state_dict, infer_config)
 
-        cfg = _config_from(config)
-        p = Path(path).expanduser()
-        if weights is not None or not p.exists():
-            resolved = hub.resolve(str(path), weights)
-            if cfg is None and resolved.entry is not None:
-                cfg = ENATConfig.from_mapping(resolved.entry.arch, where=resolved.entry.path)
-            p = Path(resolved.path)
-        if p.is_dir():
-            cfg_json = p / "config.json"
-            if cfg is None and cfg_json.exists():
-                cfg = ENATConfig.from_mapping(json.loads(cfg_json.read_text()), where=str(cfg_json))
-            p = p / "model.safetensors"
-            if not p.exists():
-                raise WeightsError(f"{p.parent}: no model.safetensors")
-        ckpt = hub.load_checkpoint(p)
-        state = ckpt if all(isinstance(v, torch.Tensor) for v in ckpt.values()) else hub.iter_state_dicts(ckpt, ("nnet_ema", "ema", "nnet", "model"))
-        if state is None:
-            raise WeightsError(f"{p}: no ENAT weights found; top-level keys: {sorted(ckpt)[:8]}")
-        state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-        if cfg is None:
-            cfg = infer_config(state)
-        model = cls(cfg)
-        from mgen.models.maskgit import load_state
 
-        load_state(model, state, p)
-        return model.to(map_location).eval()
+def extract_state_dict(ckpt: Mapping[str, Any], file: str | os.PathLike = "<checkpoint>") -> dict[str, torch.Tensor]:
+    """The generator weights of a checkpoint: the official plain state dict, or ``nnet_ema`` / the shared
+    trainer's ``ema`` / ``nnet`` / ``model`` entry; DDP ``module.`` prefixes removed."""
+    from mgen import hub
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        from mgen.hub import save_safetensors
+    state = ckpt if all(isinstance(v, torch.Tensor) for v in ckpt.values()) else hub.iter_state_dicts(ckpt, ("nnet_ema", "ema", "nnet", "model"))
+    if state is None:
+        raise WeightsError(f"{file}: no ENAT weights found; top-level keys: {sorted(ckpt)[:8]}")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        save_safetensors(self.state_dict(), d / "model.safetensors", metadata={"format": "pt", "family": "enat"})
-        (d / "config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
-        return d
+
+def looks_like(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """True for ENAT generator weights (official LeapLabTHU/ENAT names): BERT-style token embeddings, the
+    label table and the multiway key/value projections. Pure key inspection."""
+    keys = {k[len("module."):] if k.startswith("module.") else k for k in state_dict}
+    return {"x_embedder.word_embeddings.weight", "y_embedder.embedding_table.weight", "prev_proj.norm.weight",
+            "blocks.0.attn.kv.A.weight", "mlm_layer.bias"} <= keys
 
 
 def infer_config(state: Mapping[str, torch.Tensor]) -> ENATConfig:
@@ -384,32 +402,16 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> ENATConfig:
                       codebook_size=vocab - 1, num_classes=classes)
 
 
-def _config_from(config: str | ENATConfig | Mapping[str, Any] | None) -> ENATConfig | None:
-    if config is None or isinstance(config, ENATConfig):
-        return config
-    if isinstance(config, str):
-        from mgen import registry
-
-        e = registry.get(config)
-        return ENATConfig.from_mapping(e.arch, where=e.path)
-    return ENATConfig.from_mapping(config)
-
-
 def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, config: str | None = "enat-l", **arch: Any) -> None:
-    """``mgen convert enat SRC OUT``: official ``nnet_ema.pth`` → safetensors folder."""
-    import shutil
+    """``mgen convert enat SRC OUT``: official ``nnet_ema.pth`` → a ``save_pretrained`` folder, written atomically."""
+    from mgen.fileio import atomic_dir
 
-    cfg = _config_from(config) if config else None
+    cfg = _config_from(ENATConfig, config) if config else None
     if arch:
         cfg = ENATConfig.from_mapping({**(dataclasses.asdict(cfg) if cfg else {}), **arch}, where="--opt")
     model = ENAT.from_pretrained(src, config=cfg)
-    out = Path(out)
-    tmp = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_dir(out, force=True) as tmp:
+        model.save_pretrained(tmp)
 
 
 # -- training ------------------------------------------------------------------------------------------
@@ -438,7 +440,7 @@ class ENATTask:
         self.model, self.tokenizer, self.sampler = model, tokenizer, sampler
 
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...], generator: torch.Generator) -> torch.Tensor:
-        cfg = self.model.config
+        cfg = self.model.arch
         codes, labels = batch[0], batch[1]
         b = codes.shape[0]
         codes = codes.reshape(b, -1).long()
@@ -501,12 +503,15 @@ def _build(entry: Any, out_dir: str | None = None, max_steps: int | None = None,
     if tuple(codes.shape[1:]) != (cfg.grid_size, cfg.grid_size):
         raise UserError(f"{entry.name}: tokenizer {entry.tokenizer} gives {tuple(codes.shape[1:])} codes, arch says grid_size {cfg.grid_size}")
     torch.manual_seed(seed if seed is not None else int(entry.train.get("seed", 0)))
-    model = ENAT(cfg)
+    model = ENAT.from_arch(cfg)
     task = ENATTask(model, tok, ENATSampler.from_mapping(entry.sampler))
     tc = TrainConfig.from_mapping(entry.train, out_dir=out_dir or f"runs/{entry.name}", max_steps=max_steps,
                                   batch_size=batch_size, seed=seed)
     return Trainer(task, (codes, labels), tc)
 
+
+#: the name ``mgen.families`` gives this family's training builder
+build_enat_training = _build
 
 if register is not None:
     register("enat")(_build)

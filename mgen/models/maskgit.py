@@ -23,6 +23,7 @@ Eq. 1), and minimise the cross-entropy on the masked positions; labels are dropp
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -32,6 +33,8 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from mgen.errors import UserError, WeightsError
@@ -93,19 +96,62 @@ class MaskGITConfig:
         return self.codebook_size + 1 + self.num_classes + 1
 
 
-class MaskGITTransformer(nn.Module):
+def accepts_arch_object(arch_cls: type) -> Any:
+    """Decorator for a ``@register_to_config`` ``__init__``: a first positional argument that is an ``arch``
+    mapping or an ``arch_cls`` dataclass is spread into keyword arguments (after ``arch_cls.from_mapping``'s
+    validation), so the older ``X(arch_mapping)`` / ``X(config_object)`` calls keep building the same model."""
+
+    def wrap(init: Any) -> Any:
+        @functools.wraps(init)
+        def inner(self: Any, *args: Any, **kwargs: Any) -> None:
+            if args and (isinstance(args[0], Mapping) or isinstance(args[0], arch_cls)):
+                first, args = args[0], args[1:]
+                data = dataclasses.asdict(first) if isinstance(first, arch_cls) else dict(first)
+                cfg = arch_cls.from_mapping({**data, **kwargs})
+                kwargs = _jsonable(dataclasses.asdict(cfg))
+            init(self, *args, **kwargs)
+
+        return inner
+
+    return wrap
+
+
+def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Config values as ``register_to_config`` stores them (tuples as lists, so a saved config compares equal)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+class MaskGITTransformer(ModelMixin, ConfigMixin):
     """The MaskGIT generator (see the module docstring); parameter names follow valeoai's v1 model except
     that the blocks are :class:`mgen.nn.ViTBlock` (``blocks.i.norm1 / attn.qkv / attn.proj / norm2 /
-    mlp.fc1 / mlp.fc2``); :func:`convert_valeoai_state_dict` maps the official names."""
+    mlp.fc1 / mlp.fc2``); :func:`convert_valeoai_state_dict` maps the official names.
 
-    def __init__(self, config: MaskGITConfig | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    A diffusers ``ModelMixin + ConfigMixin``: the keyword arguments are the ``arch:`` fields of a
+    ``configs/maskgit*.yaml`` entry (``MaskGITTransformer(**arch)``; :meth:`from_arch` validates a mapping
+    first), ``save_pretrained`` writes ``config.json`` + ``diffusion_pytorch_model.safetensors`` and
+    :meth:`from_pretrained` reads those folders as well as the official and older mgen formats.
+
+    Reduced precision: ``.to(torch.bfloat16)`` / ``from_pretrained(..., torch_dtype=torch.bfloat16)`` runs
+    the transformer in that dtype; the tied output head is evaluated in float32, so the logits a sampler
+    gets are float32 whatever the weights' dtype (docs/ARCHITECTURE.md, "Precision").
+    """
+
+    #: config keys that are not architecture fields (diffusers bookkeeping)
+    ignore_for_config: list[str] = []
+
+    @accepts_arch_object(MaskGITConfig)
+    @register_to_config
+    def __init__(self, grid_size: int = 16, hidden_dim: int = 768, depth: int = 24, heads: int = 16,
+                 mlp_dim: int = 3072, dropout: float = 0.1, codebook_size: int = 1024, mask_token_id: int = 1024,
+                 num_classes: int = 1000, img_size: int | None = None, label_drop: float = 0.1,
+                 train_schedule: str = "cosine", label_smoothing: float = 0.1) -> None:
         super().__init__()
-        if config is None or isinstance(config, Mapping):
-            config = MaskGITConfig.from_mapping({**(config or {}), **kwargs})
-        elif kwargs:
-            config = dataclasses.replace(config, **kwargs)
-        config.validate()
-        self.config = c = config
+        c = MaskGITConfig(grid_size=grid_size, hidden_dim=hidden_dim, depth=depth, heads=heads, mlp_dim=mlp_dim,
+                          dropout=dropout, codebook_size=codebook_size, mask_token_id=mask_token_id,
+                          num_classes=num_classes, img_size=img_size, label_drop=label_drop,
+                          train_schedule=train_schedule, label_smoothing=label_smoothing)
+        c.validate()
+        self.arch = c
         d, p = c.hidden_dim, c.dropout
         self.codebook_size, self.mask_token_id, self.num_classes = c.codebook_size, c.mask_token_id, c.num_classes
         self.grid_size = (c.grid_size, c.grid_size)
@@ -127,6 +173,14 @@ class MaskGITTransformer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(c.num_tokens + 1, c.vocab_size))
         self.initialize_weights()
 
+    @classmethod
+    def from_arch(cls, arch: Mapping[str, Any] | MaskGITConfig, where: str = "arch") -> "MaskGITTransformer":
+        """A random-weight model from a registry entry's ``arch:`` mapping (validated: unknown keys, bad
+        values → :class:`UserError`; valeoai's ``patch_size`` is accepted for ``grid_size``)."""
+        cfg = arch if isinstance(arch, MaskGITConfig) else MaskGITConfig.from_mapping(arch, where=where)
+        cfg.validate(where)
+        return cls(**_jsonable(dataclasses.asdict(cfg)))
+
     def initialize_weights(self) -> None:
         nn.init.trunc_normal_(self.pos_emb, 0.0, 0.02)  # valeoai: trunc_normal_(std=0.02)
         nn.init.normal_(self.tok_emb.weight, std=0.02)
@@ -140,7 +194,7 @@ class MaskGITTransformer(nn.Module):
 
     @property
     def num_tokens(self) -> int:
-        return self.config.num_tokens
+        return self.arch.num_tokens
 
     #: forward accepts ``mask_logit=True`` (used by the valeoai-faithful sampler)
     has_mask_logit = True
@@ -151,11 +205,11 @@ class MaskGITTransformer(nn.Module):
         """codes (B, h, w) or (B, h·w) with ``mask_token_id`` at masked positions; labels (B,) in
         [0, num_classes) (None = unconditional); drop_label (B,) bool (True = use the null class).
         ``cache``: an optional :class:`mgen.nn.KVCache` handed to every block (context-feature reuse,
-        e.g. ReCAP). Returns logits (B, h·w, codebook_size); with ``mask_logit=True`` also the [MASK]
-        column, (B, h·w, codebook_size + 1) — exactly the official v1 ``MaskTransformer`` output."""
+        e.g. ReCAP). Returns float32 logits (B, h·w, codebook_size); with ``mask_logit=True`` also the
+        [MASK] column, (B, h·w, codebook_size + 1) — exactly the official v1 ``MaskTransformer`` output."""
         b = codes.shape[0]
         codes = codes.reshape(b, -1)
-        n = self.config.num_tokens
+        n = self.arch.num_tokens
         if codes.shape[1] != n:
             raise UserError(f"MaskGIT expects {n} tokens per image ({self.grid_size[0]}x{self.grid_size[1]}), got {codes.shape[1]}")
         if labels is None:
@@ -176,7 +230,9 @@ class MaskGITTransformer(nn.Module):
         for blk in self.blocks:
             x = blk(x, cache=cache)
         x = self.last_layer(x)
-        logits = x @ self.tok_emb.weight.t() + bias  # head tied to the embedding (valeoai v1)
+        # head tied to the embedding (valeoai v1), in float32: the sampler's softmax / Gumbel / confidence
+        # ranking read these logits (a no-op cast in float32 mode, so the exact path is unchanged)
+        logits = x.float() @ self.tok_emb.weight.float().t() + bias.float()
         v = self.codebook_size + (1 if mask_logit else 0)
         if rows is not None:
             return logits[:, :-1, :v]  # the group's rows, in the order of cache.group
@@ -191,52 +247,94 @@ class MaskGITTransformer(nn.Module):
         if cache.group is None:
             raise RuntimeError("MaskGIT: a reuse-mode KVCache needs a group of token indices")
         g = cache.group.long()
-        n = self.config.num_tokens
+        n = self.arch.num_tokens
         rows = torch.cat([g, torch.full_like(g[:, :1], n)], dim=1)
         cache.positions = rows
         return rows
 
     # -- weights ------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, config: str | MaskGITConfig | Mapping[str, Any] | None = None,
-                        weights: str | os.PathLike | None = None, map_location: str | torch.device = "cpu") -> "MaskGITTransformer":
-        """Load from the official valeoai checkpoint (``.pth`` with ``model_state_dict``), a safetensors file
-        (mgen or official key names), a folder written by :meth:`save_pretrained`, or a registry name
-        (``maskgit``, ``maskgit-digits``). ``config``: registry name, :class:`MaskGITConfig` or ``arch``
-        mapping; when omitted it comes from the folder's ``config.json``, the registry entry, or the
-        checkpoint's shapes."""
-        from mgen import hub
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike,
+                        config: str | MaskGITConfig | Mapping[str, Any] | None = None,
+                        weights: str | os.PathLike | None = None, map_location: str | torch.device | None = None,
+                        **kwargs: Any) -> "MaskGITTransformer":
+        """Load a MaskGIT generator from any of:
 
-        cfg = _config_from(config)
-        p = Path(path).expanduser()
-        if weights is not None or not p.exists():
-            resolved = hub.resolve(str(path), weights)
-            if cfg is None and resolved.entry is not None:
-                cfg = MaskGITConfig.from_mapping(resolved.entry.arch, where=resolved.entry.path)
-            p = Path(resolved.path)
-        if p.is_dir():
-            cfg_json = p / "config.json"
-            if cfg is None and cfg_json.exists():
-                cfg = MaskGITConfig.from_mapping(json.loads(cfg_json.read_text()), where=str(cfg_json))
-            p = p / "model.safetensors"
-            if not p.exists():
-                raise WeightsError(f"{p.parent}: no model.safetensors")
-        state = extract_state_dict(hub.load_checkpoint(p), p)
-        if cfg is None:
-            cfg = infer_config(state)
-        model = cls(cfg)
-        load_state(model, state, p)
-        return model.to(map_location).eval()
+        * a folder written by :meth:`save_pretrained` (``config.json`` + ``diffusion_pytorch_model.safetensors``;
+          delegated to diffusers' ``ModelMixin.from_pretrained``, which receives ``**kwargs``);
+        * the official valeoai checkpoint (``.pth`` with ``model_state_dict``), a safetensors file (mgen or
+          official key names), an older mgen folder (``config.json`` + ``model.safetensors``);
+        * a registry name (``maskgit``, ``maskgit-digits``: the shipped weights or the official file).
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (mgen key names)."""
-        from mgen.hub import save_safetensors
+        ``config``: registry name, YAML file, :class:`MaskGITConfig` or ``arch`` mapping; when omitted it comes
+        from the folder's ``config.json``, the registry entry, or the checkpoint's shapes. ``torch_dtype`` (or
+        ``dtype``) is honoured on every path; diffusers' other loading options (``low_cpu_mem_usage``,
+        ``device_map``, ``variant``, ``use_safetensors``, …) are accepted. The model is returned in eval mode.
+        """
+        return _load_pretrained(cls, MaskGITConfig, pretrained_model_name_or_path, config, weights, map_location,
+                                kwargs, extract_state_dict, infer_config)
 
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        save_safetensors(self.state_dict(), d / "model.safetensors", metadata={"format": "pt", "family": "maskgit"})
-        (d / "config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
-        return d
+
+def _load_pretrained(cls: Any, arch_cls: Any, path: str | os.PathLike, config: Any, weights: Any, map_location: Any,
+                     kwargs: dict[str, Any], extract: Any, infer: Any) -> Any:
+    """The shared body of MaskGIT's and ENAT's ``from_pretrained`` (see :meth:`MaskGITTransformer.from_pretrained`):
+    ``extract(ckpt, file) -> state dict`` in mgen key names, ``infer(state) -> arch_cls``."""
+    from mgen import hub
+
+    kwargs = dict(kwargs)
+    torch_dtype = kwargs.pop("dtype", None) or kwargs.get("torch_dtype")
+    if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
+        raise UserError(f"torch_dtype must be a torch.dtype, got {torch_dtype!r}")
+    subfolder = kwargs.get("subfolder")
+    device = map_location if map_location is not None else kwargs.get("device_map")
+    if isinstance(device, Mapping):  # an accelerate device map: not meaningful for these small models
+        device = None
+    p = Path(os.fspath(path)).expanduser()
+    if subfolder:
+        p = p / subfolder
+    cfg = _config_from(arch_cls, config)
+    if weights is None and config is None and is_diffusers_folder(p):
+        kwargs.pop("subfolder", None)
+        if torch_dtype is not None:
+            kwargs["torch_dtype"] = torch_dtype
+        model = ModelMixin.from_pretrained.__func__(cls, str(p), **kwargs)  # diffusers' own loader
+        return (model.to(device) if device is not None else model).eval()
+    if weights is not None or not p.exists():
+        resolved = hub.resolve(str(path), weights)
+        if cfg is None and resolved.entry is not None:
+            cfg = arch_cls.from_mapping(resolved.entry.arch, where=resolved.entry.path)
+        p = Path(resolved.path)
+    if p.is_dir():
+        cfg_json = p / "config.json"
+        if cfg is None and cfg_json.exists():
+            data = {k: v for k, v in json.loads(cfg_json.read_text()).items() if not k.startswith("_")}
+            cfg = arch_cls.from_mapping(data, where=str(cfg_json))
+        for name in ("diffusion_pytorch_model.safetensors", "model.safetensors"):
+            if (p / name).exists():
+                p = p / name
+                break
+        else:
+            raise WeightsError(f"{p}: no diffusion_pytorch_model.safetensors or model.safetensors")
+    state = extract(hub.load_checkpoint(p), p)
+    if cfg is None:
+        cfg = infer(state)
+    model = cls.from_arch(cfg)
+    load_state(model, state, p)
+    model = model.to(device=device if device is not None else "cpu", dtype=torch_dtype)
+    return model.eval()
+
+
+def is_diffusers_folder(p: Path) -> bool:
+    """A folder written by ``ModelMixin.save_pretrained``: its ``config.json`` names the class (``_class_name``)
+    and its weights are ``diffusion_pytorch_model*.safetensors`` / ``.bin``."""
+    if not p.is_dir() or not (p / "config.json").exists():
+        return False
+    if not any(p.glob("diffusion_pytorch_model*")):
+        return False
+    try:
+        return "_class_name" in json.loads((p / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
 
 
 # -- official layout ---------------------------------------------------------------------------------
@@ -343,36 +441,46 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], file: str | 
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
-def _config_from(config: str | MaskGITConfig | Mapping[str, Any] | None) -> MaskGITConfig | None:
-    if config is None or isinstance(config, MaskGITConfig):
+def _config_from(arch_cls: Any, config: Any) -> Any:
+    """``config`` (None, an ``arch_cls`` object, an ``arch`` mapping, a registry name or a YAML file) → ``arch_cls``."""
+    if config is None or isinstance(config, arch_cls):
         return config
-    if isinstance(config, str):
+    if isinstance(config, (str, os.PathLike)):
         from mgen import registry
 
-        e = registry.get(config)
-        return MaskGITConfig.from_mapping(e.arch, where=e.path)
-    return MaskGITConfig.from_mapping(config)
+        s = os.fspath(config)
+        e = registry.load_config_file(s) if s.endswith((".yaml", ".yml")) else registry.get(s)
+        return arch_cls.from_mapping(e.arch, where=e.path)
+    if isinstance(config, Mapping):
+        return arch_cls.from_mapping(config)
+    raise UserError(f"config must be a registry name, a YAML file or an arch mapping, got {type(config).__name__}")
 
 
 def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, config: str | None = "maskgit", **arch: Any) -> None:
-    """``mgen convert maskgit SRC OUT``: valeoai ``MaskGIT_ImageNet_256.pth`` → safetensors folder.
+    """``mgen convert maskgit SRC OUT``: valeoai ``MaskGIT_ImageNet_256.pth`` → a ``save_pretrained`` folder
+    (``config.json`` + ``diffusion_pytorch_model.safetensors``), written atomically.
 
     ``config`` names the registry entry whose ``arch`` describes the checkpoint (default ``maskgit``);
-    extra ``--opt key=value`` pairs override single arch numbers (e.g. ``heads=8``).
+    extra ``--opt key=value`` pairs override single arch numbers (e.g. ``heads=8``). ``mgen convert`` checks
+    that ``OUT`` is free (or ``--force``) before calling this.
     """
-    cfg = _config_from(config) if config else None
+    from mgen.fileio import atomic_dir
+
+    cfg = _config_from(MaskGITConfig, config) if config else None
     if arch:
         cfg = MaskGITConfig.from_mapping({**(dataclasses.asdict(cfg) if cfg else {}), **arch}, where="--opt")
     model = MaskGITTransformer.from_pretrained(src, config=cfg)
-    out = Path(out)
-    tmp = out.parent / f".{out.name}.tmp"
-    import shutil
+    with atomic_dir(out, force=True) as tmp:
+        model.save_pretrained(tmp)
 
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+
+def looks_like(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """True for MaskGIT generator weights (valeoai v1 or mgen key names): the shared token table, the
+    position table and the head bias, plus the blocks. Pure key inspection."""
+    keys = {k[len("module."):] if k.startswith("module.") else k for k in state_dict}
+    if not {"tok_emb.weight", "pos_emb", "bias", "first_layer.2.weight"} <= keys:
+        return False
+    return any(k.startswith(("transformer.layers.", "blocks.")) for k in keys)
 
 
 # -- training ------------------------------------------------------------------------------------------
@@ -399,7 +507,7 @@ class MaskGITTask:
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...], generator: torch.Generator) -> torch.Tensor:
         from mgen.samplers.mask_schedules import mask_ratio
 
-        cfg = self.model.config
+        cfg = self.model.arch
         codes, labels = batch[0], batch[1]
         b = codes.shape[0]
         codes = codes.reshape(b, -1).long()
@@ -465,13 +573,16 @@ def _build(entry: Any, out_dir: str | None = None, max_steps: int | None = None,
     if tuple(codes.shape[1:]) != (cfg.grid_size, cfg.grid_size):
         raise UserError(f"{entry.name}: tokenizer {entry.tokenizer} gives {tuple(codes.shape[1:])} codes, arch says grid_size {cfg.grid_size}")
     torch.manual_seed(seed if seed is not None else int(entry.train.get("seed", 0)))
-    model = MaskGITTransformer(cfg)
+    model = MaskGITTransformer.from_arch(cfg)
     sampler = MaskGITSampler.from_mapping(entry.sampler)
     task = MaskGITTask(model, tok, sampler)
     tc = TrainConfig.from_mapping(entry.train, out_dir=out_dir or f"runs/{entry.name}", max_steps=max_steps,
                                   batch_size=batch_size, seed=seed)
     return Trainer(task, (codes, labels), tc)
 
+
+#: the name ``mgen.families`` gives this family's training builder
+build_maskgit_training = _build
 
 if register is not None:
     register("maskgit")(_build)
