@@ -46,5 +46,21 @@ def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
     return path
 
 
-def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> Path:
-    return save_png(to_pil(make_grid(images, nrow=nrow)[None])[0], path)
+#: the long side a grid reaches by default (small images are upscaled by an integer nearest-neighbour factor)
+GRID_MIN_SIDE = 256
+
+
+def grid_upscale(height: int, width: int, min_side: int = GRID_MIN_SIDE) -> int:
+    """The smallest integer factor that brings the long side of a ``height`` × ``width`` grid to ``min_side``."""
+    return max(1, math.ceil(min_side / max(1, height, width)))
+
+
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None,
+              upscale: int | None = None) -> Path:
+    """Tile ``images`` (in [-1, 1]) into one PNG, upscaled by ``upscale`` (default: :func:`grid_upscale`, so a grid
+    of 16×16 digits is one a person can see) with nearest-neighbour pixels (every sample pixel stays a square)."""
+    grid = make_grid(images, nrow=nrow)
+    factor = upscale if upscale is not None else grid_upscale(grid.shape[-2], grid.shape[-1])
+    if factor > 1:
+        grid = grid.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    return save_png(to_pil(grid[None])[0], path)

@@ -17,8 +17,7 @@ from typing import Any
 import yaml
 
 from mgen.errors import UserError
-
-FAMILIES = ("mar", "maskgit", "enat", "dit", "rae-dit", "dlm", "kl", "vq", "rae", "patch")
+from mgen.families import FAMILIES
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ class ModelEntry:
 
     @property
     def is_tokenizer(self) -> bool:
-        return self.family in ("kl", "vq", "rae", "patch")
+        return FAMILIES[self.family].is_tokenizer
 
 
 _KNOWN = {f.name for f in dataclasses.fields(ModelEntry)}

@@ -31,7 +31,7 @@ def tiny_pipe(seed: int = 0) -> MARPipeline:
         m.diffloss.net.final_layer.linear.weight.mul_(0.1)
     pipe = MARPipeline(tokenizer=PatchTokenizer(patch_size=4, channels=1, image_size=16, scaling_factor=1.5, shift=-0.4),
                        transformer=m.eval())
-    pipe.defaults.update(num_steps=3, head_steps=3, cfg=2.0)
+    pipe.set_sampler(num_steps=3, head_steps=3, cfg=2.0)
     return pipe
 
 

@@ -47,60 +47,30 @@ else:
             return getattr(importlib.import_module(_LAZY[name]), name)
         raise AttributeError(f"module 'mgen.tokenizers' has no attribute {name!r}")
 
-    _CLASS_FAMILIES = {"AutoencoderKL": "kl", "VQModel": "vq", "RAETokenizer": "rae", "AutoencoderRAE": "rae",
-                       "MaskGITJaxVQTokenizer": "maskgit-jax"}
+    def load_tokenizer(path_or_name, weights=None, **kwargs):
+        """Any mgen tokenizer: a registered name (``patch-digits``, ``kl16``, ``maskgit-vqgan-jax`` …, with ``weights``
+        replacing the file the name would find), a YAML config, a saved tokenizer folder, a pipeline folder (its
+        tokenizer component), a diffusers ``AutoencoderKL`` / ``VQModel`` folder or an official checkpoint (told apart
+        by its keys). ``torch_dtype`` is honoured. A tokenizer module is returned as it is.
 
-    def load_tokenizer(path_or_name, weights=None):
-        """Any mgen tokenizer from a registered name (its config's family; ``vq`` configs with
-        ``arch.network: maskgit-jax`` are the MaskGIT (JAX) VQGAN) or a local file/folder.
-
-        ``weights``: a file or folder to load with the class that the registered name selects (e.g.
-        ``load_tokenizer("maskgit-vqgan-jax", weights="vqgan_jax_strongaug.ckpt")``)."""
-        import json
-        from pathlib import Path
+        The family comes from :mod:`mgen.families`; see :mod:`mgen.resolver` (docs/ARCHITECTURE.md, "Resolver")."""
+        import torch
 
         from mgen.errors import UserError
+        from mgen.families import family_of_class
+        from mgen.resolver import PIPELINE_FOLDER, Spec, build_component, pipeline_index, resolve
 
-        p = Path(str(path_or_name)).expanduser()
-        if not p.exists():
-            from mgen import registry
-
-            entry = registry.get(str(path_or_name))
-            family = entry.family
-            if family == "vq" and entry.arch.get("network") == "maskgit-jax":
-                family = "maskgit-jax"
-        else:
-            if weights is not None:
-                raise UserError(f"{path_or_name}: pass weights= only with a registered tokenizer name")
-            family = None
-            cfg = p / "config.json" if p.is_dir() else p.parent / "config.json"
-            if p.is_dir() and (p / "config.json").is_file():
-                cls_name = json.loads(cfg.read_text()).get("_class_name", "")
-                family = _CLASS_FAMILIES.get(cls_name)
-            elif p.suffix == ".safetensors":
-                from safetensors import safe_open
-
-                with safe_open(str(p), "pt") as f:
-                    meta = (f.metadata() or {}).get("config", "{}")
-                cls_name = json.loads(meta).get("_class_name", "")
-                family = _CLASS_FAMILIES.get(cls_name)
-            elif p.is_file():  # an official checkpoint: tell the MaskGIT (JAX) VQGAN from taming's by its keys
-                from mgen.tokenizers.maskgit_jax_vq import is_maskgit_jax_state_dict
-                from mgen.tokenizers.vq import load_lightning_checkpoint
-
-                from mgen.hub import iter_state_dicts
-
-                ckpt = load_lightning_checkpoint(p)
-                sd = iter_state_dicts(ckpt, ("state_dict", "model")) or ckpt
-                if is_maskgit_jax_state_dict(sd):
-                    family = "maskgit-jax"
-                elif "quantize.embedding.weight" in sd:
-                    family = "vq"
-            if family is None:
-                raise UserError(f"{p}: cannot tell which tokenizer this is; use KLTokenizer/VQTokenizer/RAETokenizer/"
-                                "MaskGITJaxVQTokenizer.from_pretrained")
-        cls = {"kl": "KLTokenizer", "vq": "VQTokenizer", "rae": "RAETokenizer",
-               "maskgit-jax": "MaskGITJaxVQTokenizer"}.get(family)
-        if cls is None:
-            raise UserError(f"{path_or_name} is a {family!r} model, not a tokenizer")
-        return __getattr__(cls).from_pretrained(weights if weights is not None else path_or_name)
+        if isinstance(path_or_name, torch.nn.Module):
+            return path_or_name
+        if path_or_name is None:
+            raise UserError("no tokenizer given")
+        spec = resolve(path_or_name, weights, want=None)
+        if spec.layout == PIPELINE_FOLDER:
+            for name, value in pipeline_index(spec.path).items():
+                fam = family_of_class(value[1]) if isinstance(value, list) and len(value) == 2 else None
+                if fam is not None and fam.is_tokenizer:
+                    return build_component(Spec(fam, "component-folder", path=spec.path / name), **kwargs).eval()
+            raise UserError(f"{spec.path}: this pipeline folder holds no tokenizer")
+        if not spec.family.is_tokenizer:
+            raise UserError(f"{path_or_name} is a {spec.family.name!r} model, not a tokenizer")
+        return build_component(spec, **kwargs).eval()

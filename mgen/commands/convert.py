@@ -1,76 +1,22 @@
-"""`mgen convert KIND SRC OUT`: convert official checkpoints to safetensors folders.
+"""`mgen convert KIND SRC OUT`: official checkpoints → safetensors folders that ``from_pretrained`` loads.
 
-Each converter is registered in :data:`CONVERTERS` as ``kind: (description, fn)`` where
-``fn(src: Path, out: Path, **opts) -> None`` reads the official file ``src`` and writes a folder ``out``
-that the matching ``from_pretrained`` loads (safetensors + config). Converters import their model code
-lazily, so ``mgen convert --help`` stays fast. Extra ``--opt key=value`` pairs are passed as ``opts``.
+The kinds come from the families table (:func:`mgen.families.converters`): each converter lives next to the model
+it loads and has the signature ``fn(src, out, force=False, **opts)``; it builds ``out`` in a temporary sibling
+folder and renames it into place (``mgen.fileio.atomic_dir``), so a killed run leaves no half-written folder and
+``--force`` replaces only a folder mgen wrote. ``--opt key=value`` pairs are the converter's options.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mgen.errors import UserError
+from mgen.families import converters, import_target
 
 HELP = "convert official checkpoints to safetensors pipeline folders"
-
-
-def _kl16(src: Path, out: Path, **opts: Any) -> None:
-    from mgen.tokenizers.kl import convert_ldm_checkpoint
-
-    convert_ldm_checkpoint(src, out, **opts)
-
-
-def _maskgit_vqgan(src: Path, out: Path, **opts: Any) -> None:
-    from mgen.tokenizers.vq import convert_maskgit_vqgan
-
-    convert_maskgit_vqgan(src, out, **opts)
-
-
-def _maskgit_vqgan_jax(src: Path, out: Path, **opts: Any) -> None:
-    from mgen.tokenizers.maskgit_jax_vq import convert_maskgit_jax_vqgan
-
-    convert_maskgit_jax_vqgan(src, out, **opts)
-
-
-def _rae(src: Path, out: Path, **opts: Any) -> None:
-    from mgen.tokenizers.rae import convert_official_rae
-
-    convert_official_rae(src, out, **opts)
-
-
-def _maskgit(src: Path, out: Path, **opts: Any) -> None:
-    from mgen.models.maskgit import convert_checkpoint
-
-    convert_checkpoint(src, out, **opts)
-
-
-def _enat(src: Path, out: Path, **opts: Any) -> None:
-    from mgen.models.enat import convert_checkpoint
-
-    convert_checkpoint(src, out, **opts)
-
-
-def _mar(src: Path, out: Path, **opts: Any) -> None:
-    from mgen.pipelines.mar import convert_official_checkpoint
-
-    convert_official_checkpoint(src, out, **opts)
-
-
-#: kind -> (one-line description, converter(src, out, **opts)). Other areas add their own entries.
-CONVERTERS: dict[str, tuple[str, Callable[..., None]]] = {
-    "kl16": ("MAR's official LDM KL-16 VAE kl16.ckpt -> KLTokenizer safetensors folder", _kl16),
-    "maskgit-vqgan": ("valeoai/Maskgit-pytorch VQGAN last.ckpt -> VQTokenizer safetensors folder", _maskgit_vqgan),
-    "maskgit-vqgan-jax": ("MaskGIT (JAX) VQGAN vqgan_jax_strongaug.ckpt (ENAT, MAGE) -> MaskGITJaxVQTokenizer "
-                          "safetensors folder", _maskgit_vqgan_jax),
-    "rae": ("bytetriper/RAE decoder model.pt -> RAETokenizer folder (--opt encoder=DIR --opt decoder_config=DIR "
-            "[--opt stats=stat.pt --opt encoder_input_size=224])", _rae),
-    "maskgit": ("valeoai/Maskgit-pytorch MaskGIT_ImageNet_256.pth -> MaskGIT safetensors folder", _maskgit),
-    "enat": ("LeapLabTHU/ENAT nnet_ema.pth -> ENAT safetensors folder (--opt config=enat-l)", _enat),
-    "mar": ("LTH14/mar checkpoint-last.pth -> MARPipeline folder (EMA; --opt config=mar-b --opt tokenizer=kl16.ckpt)", _mar),
-}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -80,46 +26,68 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list the known kinds and exit")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="converter option (repeatable), e.g. --opt scaling_factor=0.2325")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output folder")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder that mgen wrote")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def _parse_opts(pairs: list[str]) -> dict[str, Any]:
+def parse_opts(pairs: list[str]) -> dict[str, Any]:
     import yaml
 
     opts: dict[str, Any] = {}
     for pair in pairs:
-        if "=" not in pair:
+        if "=" not in pair or not pair.split("=", 1)[0].strip():
             raise UserError(f"--opt {pair!r}: expected KEY=VALUE")
         k, v = pair.split("=", 1)
-        opts[k.strip()] = yaml.safe_load(v)
+        try:
+            opts[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            opts[k.strip()] = v
     return opts
 
 
+def check_options(kind: str, fn: Any, opts: dict[str, Any]) -> None:
+    """Refuse options the converter does not take, naming the ones it does."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = [n for n, p in params.items() if n not in ("src", "out", "force") and p.kind is not p.VAR_POSITIONAL]
+    bad = sorted(set(opts) - set(allowed))
+    if bad:
+        raise UserError(f"convert {kind}: unknown option{'s' if len(bad) > 1 else ''} {', '.join(bad)}; "
+                        f"allowed: {', '.join(allowed) or 'none'}")
+
+
 def run(args: argparse.Namespace) -> int:
+    table = converters()
     if args.list or args.kind is None:
-        for kind, (desc, _) in CONVERTERS.items():
-            print(f"{kind:16s} {desc}")
+        for kind, (desc, _) in table.items():
+            print(f"{kind:18s} {desc}")
         if args.kind is None and not args.list:
             raise UserError("usage: mgen convert KIND SRC OUT (kinds listed above)")
         return 0
-    if args.kind not in CONVERTERS:
-        raise UserError(f"unknown conversion {args.kind!r}; known: {', '.join(CONVERTERS)}")
+    if args.kind not in table:
+        raise UserError(f"unknown conversion {args.kind!r}; known: {', '.join(table)}")
     if args.src is None or args.out is None:
         raise UserError(f"usage: mgen convert {args.kind} SRC OUT")
     src, out = Path(args.src).expanduser(), Path(args.out).expanduser()
     if not src.exists():
         raise UserError(f"{src}: no such file")
-    occupied = any(out.iterdir()) if out.is_dir() else out.exists()
-    if occupied and not args.force:
-        raise UserError(f"{out}: already exists (pass --force to overwrite)")
-    opts = _parse_opts(args.opt)
-    _, fn = CONVERTERS[args.kind]
-    import inspect
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder")
+    if any(p.is_file() for p in out.parents if p.exists() and p != out):
+        raise UserError(f"{out}: a parent of this path is a regular file")
+    from mgen.fileio import is_mgen_output
 
-    try:
-        inspect.signature(fn).bind(src, out, **opts)
-    except TypeError as e:
-        raise UserError(f"convert {args.kind}: bad option ({e})") from None
+    if out.is_dir() and any(out.iterdir()):
+        if not args.force:
+            raise UserError(f"{out}: already exists (pass --force to overwrite)")
+        if not is_mgen_output(out):
+            raise UserError(f"{out}: holds files mgen did not write; refusing to replace it (choose another folder)")
+    opts = parse_opts(args.opt)
+    fn = import_target(table[args.kind][1])
+    check_options(args.kind, fn, opts)
+    if "force" in inspect.signature(fn).parameters:
+        opts["force"] = bool(args.force)
     fn(src, out, **opts)
     print(f"wrote {out}")
     return 0

@@ -1,11 +1,12 @@
-"""`mgen sample`: sample images from a named model or weights (default: the shipped ``mar-digits``).
+"""`mgen sample`: sample images (or text) from a named model or weights (default: the shipped ``mar-digits``).
 
     mgen sample                                   # mar-digits, one sample per digit, into ./samples
     mgen sample --model mar-b --steps 16 --cfg 2.9 --class 207 --num 16 --seed 0 --out DIR
     mgen sample --model mar-b --weights checkpoint-last.pth --tokenizer-weights kl16.ckpt ...
 
-Writes ``grid.png`` and one ``NNNN.png`` per sample into ``--out``. Text models (family ``dlm``) are
-sampled by :func:`mgen.pipelines.dlm.run_text` with the text options.
+Writes ``grid.png`` (small images upscaled by an integer nearest-neighbour factor so the grid is at least 256 px on
+its long side; ``--upscale``, ``--nrow``) and one native-resolution ``NNNN.png`` per sample into ``--out``. Text
+models are sampled by :mod:`mgen.commands.sample_text` with the text options.
 """
 
 from __future__ import annotations
@@ -16,129 +17,147 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mgen.commands.options import (DTYPES, MAX_SAMPLES, SEED, add_recap_arguments, check_compile, float_in, int_in,
+                                   parse_device, parse_dtype, recap_from_args, refuse_inapplicable)
 from mgen.errors import UserError
 
 HELP = "sample images from a named model or weights (default: the shipped mar-digits)"
 DEFAULT_MODEL = "mar-digits"
-MAX_STEPS = 256
+MAX_STEPS = 1000
+
+#: image options → the sampler field each sets (refused for a model whose sampler has no such field)
+SAMPLER_OPTIONS = {"--cfg-schedule": "cfg_schedule", "--head-steps": "head_steps"}
+#: options that belong to the image path only (refused for text models)
+IMAGE_ONLY = ("--tokenizer-weights", "--cfg", "--cfg-schedule", "--head-steps", "--class", "--num", "--batch-size",
+              "--upscale", "--nrow", "--recap-cache-steps", "--recap-pre-full-steps", "--recap-head-fast-ratio")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help=f"model name (see `mgen info`) or saved pipeline folder (default: {DEFAULT_MODEL})")
     p.add_argument("--weights", default=None, help="generator weights file (e.g. the official checkpoint-last.pth)")
     p.add_argument("--tokenizer-weights", default=None, help="tokenizer weights file (e.g. kl16.ckpt)")
-    p.add_argument("--steps", type=int, default=None, help="generation steps (default: the model's config)")
-    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--cfg-schedule", choices=("linear", "constant"), default=None, help="MAR: guidance schedule")
-    p.add_argument("--temperature", type=float, default=None, help="sampling temperature")
-    p.add_argument("--head-steps", type=int, default=None, help="MAR: diffusion-head sampling steps (default 100)")
-    p.add_argument("--class", dest="classes", type=int, nargs="+", default=None, metavar="LABEL",
-                   help="class label(s), repeated to fill --num (default: 0, 1, 2, ... cycling)")
-    p.add_argument("--num", type=int, default=None, help="number of images (default: 10 for digits, else 16)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per forward batch (default: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int_in(1, MAX_STEPS), default=None,
+                   help=f"generation steps, 1..{MAX_STEPS} (default: the model's config)")
+    p.add_argument("--cfg", type=float_in(0.0, 100.0), default=None, help="classifier-free guidance scale, 0..100 (1 = off)")
+    p.add_argument("--cfg-schedule", choices=("linear", "constant"), default=None, help="MAR / MaskGIT: guidance schedule")
+    p.add_argument("--temperature", type=float_in(0.0, 100.0, lo_open=True), default=None,
+                   help="sampling temperature, > 0 and <= 100")
+    p.add_argument("--head-steps", type=int_in(1, 1000), default=None, help="MAR: diffusion-head sampling steps, 1..1000")
+    p.add_argument("--class", dest="classes", type=int_in(0, None, "a class label"), nargs="+", default=None,
+                   metavar="LABEL", help="class label(s), repeated to fill --num (default: 0, 1, 2, ... cycling)")
+    p.add_argument("--num", type=int_in(1, None), default=None,
+                   help=f"number of images (default: 10 for digits, else 16; more than {MAX_SAMPLES} needs --force)")
+    p.add_argument("--batch-size", type=int_in(1, 4096), default=None, help="images per forward batch, 1..4096 (default: all)")
+    p.add_argument("--force", action="store_true", help=f"allow more than {MAX_SAMPLES} images")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed, 0..2^63-1; sample i depends only on (seed, i)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="weights and compute precision (default fp32)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the generator (refused where no backend works)")
     p.add_argument("--out", default="samples", help="output folder (grid.png + one PNG per sample)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    from mgen.samplers.recap import add_cli_arguments
+    p.add_argument("--upscale", type=int_in(1, 64), default=None,
+                   help="grid.png: integer nearest-neighbour upscale (default: the smallest reaching 256 px)")
+    p.add_argument("--nrow", type=int_in(1, 1024), default=None, help="grid.png: images per row (default ≈ √num)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_recap_arguments(p)  # --sampler recap, --recap-cache-steps, --recap-pre-full-steps, --recap-head-fast-ratio
+    from mgen.commands.sample_text import add_text_arguments
 
-    add_cli_arguments(p)  # --sampler recap, --recap-cache-steps, --recap-pre-full-steps, --recap-head-fast-ratio
-    try:  # the text-generation options of the dlm family share this command
-        from mgen.pipelines.dlm import add_text_arguments
-    except ImportError:
-        return
-    add_text_arguments(p)
+    add_text_arguments(p)  # the text-generation options of the text models share this command
 
 
-def _check_out_dir(out: str) -> Path:
+def check_out_dir(out: str) -> Path:
+    """The output folder, created and probed for writing (a file in the way or no permission: one line, exit 2)."""
     d = Path(out).expanduser()
     try:
         d.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".mgen-write-test-", dir=d)
+        fd, probe = tempfile.mkstemp(prefix=".tmp-write-test-", dir=d)
         os.close(fd)
         os.unlink(probe)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"cannot write to output folder {d}: a file is in the way") from None
     except OSError as e:
         raise UserError(f"cannot write to output folder {d}: {e.strerror or e}") from None
     return d
 
 
-def _family(model: str) -> tuple[str, Any]:
-    from mgen.pipelines import family_of
-
-    return family_of(model)
+def _given(args: argparse.Namespace, flag: str) -> bool:
+    value = getattr(args, flag.lstrip("-").replace("-", "_"), None) if flag != "--class" else args.classes
+    return value not in (None, False)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from mgen.errors import WeightsError
+    from mgen.resolver import resolve
+
     model = args.model or DEFAULT_MODEL
     args.model = model
-    family, entry = _family(model)
-    if family == "dlm":
-        from mgen.pipelines.dlm import run_text
-
-        args.device = args.device or "cpu"
-        return run_text(args)
-    # -- validate everything cheap before loading weights ------------------------------------------
-    if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:
-        raise UserError(f"--steps must be in 1..{MAX_STEPS}, got {args.steps}")
-    if args.cfg is not None and args.cfg < 0:
-        raise UserError(f"--cfg must be >= 0, got {args.cfg}")
-    if args.temperature is not None and args.temperature <= 0:
-        raise UserError(f"--temperature must be > 0, got {args.temperature}")
-    if args.head_steps is not None and not 1 <= args.head_steps <= 1000:
-        raise UserError(f"--head-steps must be in 1..1000, got {args.head_steps}")
-    if args.num is not None and args.num < 1:
-        raise UserError(f"--num must be >= 1, got {args.num}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    num_classes = None
-    if entry is not None:
-        nc = entry.arch.get("class_num", entry.arch.get("num_classes"))
-        num_classes = int(nc) if nc is not None else None
-    if args.classes is not None and num_classes is not None:
-        bad = [c for c in args.classes if not 0 <= c < num_classes]
+    try:
+        spec = resolve(model, args.weights)
+    except WeightsError:
+        if args.weights is not None:
+            raise
+        spec = None  # weights missing: load_pipeline names every missing file in one line below
+    family = spec.family if spec is not None else _family_of_name(model)
+    if family.kind in ("text", "sampler-layer"):
+        bad = [f for f in IMAGE_ONLY if _given(args, f)]
         if bad:
-            raise UserError(f"--class {bad[0]} is out of range for {model} (0..{num_classes - 1})")
-    from mgen.samplers.recap import recap_from_cli
+            raise UserError(f"{bad[0]} does not apply to text models ({model})")
+        from mgen.commands.sample_text import run_text
 
-    recap = recap_from_cli(args, family, args.steps if args.steps is not None else
-                           (entry.sampler.get("num_steps") if entry is not None else None))
-    out_dir = _check_out_dir(args.out)
-    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: CUDA is not available on this machine")
+        args.device = str(parse_device(args.device)) if args.device else "cpu"
+        return run_text(args)
+    if getattr(args, "prompt", None):
+        raise UserError(f"--prompt applies to text models; {model} is a {family.name!r} image model")
+    # -- validate everything cheap before loading weights ------------------------------------------------------------
+    num = args.num
+    if num is not None and num > MAX_SAMPLES and not args.force:
+        raise UserError(f"--num {num} is more than {MAX_SAMPLES} images; pass --force to write them all")
+    entry = spec.entry if spec is not None else None
+    steps = args.steps if args.steps is not None else (entry.sampler.get("num_steps", entry.sampler.get(
+        "num_inference_steps")) if entry is not None else None)
+    recap = recap_from_args(args, family, steps)
+    device = parse_device(args.device)
+    dtype = parse_dtype(args.dtype, device)
+    if args.compile:
+        check_compile(device)
+    out_dir = check_out_dir(args.out)
 
     from mgen.pipelines import load_pipeline
 
-    pipe = load_pipeline(model, weights=args.weights, tokenizer_weights=args.tokenizer_weights, device=device)
-    num_classes = getattr(pipe, "num_classes", num_classes)
-    num = args.num or (10 if num_classes == 10 else 16)
+    pipe = load_pipeline(model, weights=args.weights, tokenizer_weights=args.tokenizer_weights, device=device,
+                         torch_dtype=dtype if dtype != torch.float32 else None)
+    pipe.set_progress_bar_config(disable=bool(args.no_progress), leave=False, dynamic_ncols=True)
+    refuse_inapplicable(args, SAMPLER_OPTIONS, set(pipe.scheduler.allowed()), f"{model} ({pipe.scheduler.sampler_class.__name__})")
+    if args.temperature is not None and not ({"temperature", "samp_temp"} & set(pipe.scheduler.allowed())):
+        raise UserError(f"--temperature does not apply to {model} (it samples a diffusion / flow ODE)")
+    if args.compile:
+        pipe.transformer = torch.compile(pipe.transformer)
+    num_classes = pipe.num_classes
+    num = num or (10 if num_classes == 10 else 16)
     if args.classes is not None:
-        if num_classes is not None and any(not 0 <= c < num_classes for c in args.classes):
-            raise UserError(f"--class values must be in 0..{num_classes - 1}")
+        bad = [c for c in args.classes if not 0 <= c < num_classes]
+        if bad:
+            raise UserError(f"--class {bad[0]} is out of range for {model} (0..{num_classes - 1})")
         labels = [args.classes[i % len(args.classes)] for i in range(num)]
     else:
-        labels = [i % (num_classes or 1) for i in range(num)]
+        labels = [i % num_classes for i in range(num)]
     kwargs: dict[str, Any] = {}
-    if args.steps is not None:
-        kwargs["num_inference_steps"] = args.steps
-    if args.cfg is not None:
-        kwargs["guidance_scale"] = args.cfg
-    if family == "mar":
-        kwargs.update(guidance_schedule=args.cfg_schedule, temperature=args.temperature, head_steps=args.head_steps,
-                      progress=not args.no_progress)
-        s = pipe.make_sampler(args.steps, args.cfg, args.cfg_schedule, args.temperature, args.head_steps)
-        settings = s.settings()
-    else:
-        if args.temperature is not None:
-            kwargs["temperature"] = args.temperature
-        settings = {k: v for k, v in kwargs.items()}
+    for key, value in (("num_inference_steps", args.steps), ("guidance_scale", args.cfg),
+                       ("temperature", args.temperature)):
+        if value is not None:
+            kwargs[key] = value
+    if args.cfg_schedule is not None:
+        kwargs["guidance_schedule"] = args.cfg_schedule
+    if args.head_steps is not None:
+        kwargs["head_steps"] = args.head_steps
     if recap is not None:
         kwargs["recap"] = recap
+    shown = pipe.make_sampler(**{k: v for k, v in kwargs.items() if k != "recap"})
+    settings = {k: getattr(shown, k) for k in pipe.scheduler.allowed() if hasattr(shown, k)}
+    if recap is not None:
         settings = {**settings, "sampler": "recap", **{f"recap_{k}": v for k, v in recap.items() if v is not None}}
-    weights = args.weights or ("(saved pipeline folder)" if entry is None else _weights_label(entry))
-    print(f"mgen sample: model={model} weights={weights} device={device} num={num} seed={args.seed} "
+    print(f"mgen sample: model={model} device={device} dtype={args.dtype or 'fp32'} num={num} seed={args.seed} "
           + " ".join(f"{k}={v}" for k, v in settings.items()) + f" classes={_short(labels)} out={out_dir}", flush=True)
 
     from mgen.samplers.base import per_sample_generators
@@ -158,16 +177,16 @@ def run(args: argparse.Namespace) -> int:
 
     for i, im in enumerate(to_pil(imgs)):
         save_png(im, out_dir / f"{i:04d}.png")
-    grid = save_grid(imgs, out_dir / "grid.png")
+    grid = save_grid(imgs, out_dir / "grid.png", nrow=args.nrow, upscale=args.upscale)
     print(f"wrote {grid} and {num} images to {out_dir}/")
     return 0
 
 
-def _weights_label(entry: Any) -> str:
-    from mgen import hub
+def _family_of_name(model: str) -> Any:
+    from mgen import registry
+    from mgen.families import get_family
 
-    found = hub.find_weights(entry)
-    return str(found) if found else "?"
+    return get_family(registry.get(model).family)
 
 
 def _short(labels: list[int]) -> str:

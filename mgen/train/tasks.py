@@ -1,14 +1,18 @@
-"""Registry of training tasks by model family: each family contributes a builder, never its own loop."""
+"""Training builders by family, read from the families table (``Family.train``): each family contributes a builder
+``builder(entry, **overrides) -> Trainer`` that feeds its task (its loss and sample-grid hook) and its data to the one
+trainer (:class:`mgen.train.trainer.Trainer`), never its own loop (docs/ARCHITECTURE.md, "Training")."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable
 
 from mgen.errors import UserError
+from mgen.families import get_family
 from mgen.registry import ModelEntry
 from mgen.train.trainer import Trainer
 
-# family -> builder(entry, **overrides) -> Trainer ; filled in by the model modules' issues.
+# Builders registered by modules that predate the families table's ``train`` entries (transitional).
 BUILDERS: dict[str, Callable[..., Trainer]] = {}
 
 
@@ -19,21 +23,18 @@ def register(family: str):
     return wrap
 
 
-def _load_builders() -> None:
-    """Import the modules that register builders (kept lazy so `mgen --help` stays fast)."""
-    import importlib
-
-    for mod in ("mgen.models.mar", "mgen.models.maskgit", "mgen.models.enat", "mgen.models.dit", "mgen.models.lightningdit", "mgen.models.dlm",
-                "mgen.tokenizers.kl", "mgen.tokenizers.vq", "mgen.tokenizers.rae"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+def builder_for(entry: ModelEntry) -> Callable[..., Trainer]:
+    """The family's training builder (``Family.train``, ``"module:function"``)."""
+    fam = get_family(entry.family)
+    if fam.train is None:
+        raise UserError(f"training for the {fam.name!r} family ({entry.name}) is not available in this version of mgen")
+    module, _, attr = fam.train.partition(":")
+    mod = importlib.import_module(module)
+    fn = getattr(mod, attr, None) or BUILDERS.get(fam.name)
+    if fn is None:
+        raise UserError(f"training for the {fam.name!r} family ({entry.name}) is not available in this version of mgen")
+    return fn
 
 
 def build_training(entry: ModelEntry, **overrides: Any) -> Trainer:
-    _load_builders()
-    if entry.family not in BUILDERS:
-        raise UserError(f"training for the {entry.family!r} family ({entry.name}) is not available yet in this version of mgen")
-    return BUILDERS[entry.family](entry, **overrides)
+    return builder_for(entry)(entry, **overrides)
