@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
@@ -22,6 +23,11 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
         raise SystemExit(2)
+
+
+def one_line(message: str) -> str:
+    """An error message as one line (newlines folded)."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip()) or "error"
 
 
 def _module(name: str):
@@ -54,16 +60,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    debug = os.environ.get("MGEN_DEBUG", "") not in ("", "0")
     try:
         return int(_module(args.command).run(args) or 0)
     except UserError as e:
-        sys.stderr.write(f"mgen {args.command}: error: {e}\n")
+        if debug:
+            raise
+        sys.stderr.write(f"mgen {args.command}: error: {one_line(str(e))}\n")
         return 2
     except BrokenPipeError:  # e.g. `mgen info | head`: not an error of ours
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # the machine said no (full disk, permissions, read-only folder …): the user can fix it
+        if debug or e.errno is None:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        sys.stderr.write(f"mgen {args.command}: error: {where}{e.strerror or e}\n")
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write("mgen: interrupted\n")
         return 130

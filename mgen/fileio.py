@@ -9,6 +9,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+#: the name prefix of every temporary file or folder mgen writes (``.tmp-*``); readers skip hidden names.
+TEMP_PREFIX = ".tmp-"
+
 
 def _default_mode() -> int:
     """The mode a plain ``open(path, "w")`` would give (0o666 minus the umask); ``mkstemp`` uses 0o600."""
@@ -21,21 +24,34 @@ def _default_mode() -> int:
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; when the block succeeds it is renamed onto ``path`` (with the
     usual file mode), when it fails it is deleted. The parent folder is created."""
+    from mgen.errors import UserError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=path.suffix, dir=path.parent)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"cannot write {path}: a parent of this path is a regular file") from None
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.errno is None:
+            raise
+        from mgen.errors import UserError
+
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
-
-#: the name prefix of every temporary file or folder mgen writes (``.tmp-*``); readers skip hidden names.
-TEMP_PREFIX = ".tmp-"
 
 
 def clean_stale_temps(folder: str | os.PathLike, stem: str = "") -> None:

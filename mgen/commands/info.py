@@ -12,25 +12,51 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", nargs="?", help="show one model: its config and where its weights resolve (exit 2 if missing)")
     p.add_argument("--weights", default=None, help="weights file or folder to use instead of the looked-up ones")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--families", action="store_true", help="list the model families (the families table) and exit")
 
 
 def _one(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from mgen import hub, registry
+    from mgen import registry
+    from mgen.resolver import resolve
 
     entry = registry.get(args.name)
-    resolved = hub.resolve(entry.name, weights=args.weights)
+    resolved = resolve(entry.name, weights=args.weights)
+    from mgen.families import get_family
+
     data = dataclasses.asdict(entry)
-    data["resolved_weights"] = str(resolved.path)
+    data["resolved_weights"] = str(resolved.path) if resolved.path else "(none needed: parameter-free)"
+    fam = get_family(entry.family)
+    data["kind"] = fam.kind
+    data["classes"] = {"model": fam.model, "sampler": fam.sampler, "pipeline": fam.pipeline}
     if args.json:
         print(json.dumps(data, indent=2, default=str))
         return 0
-    for key in ("name", "family", "description", "num_params", "tokenizer", "source", "path", "resolved_weights"):
+    for key in ("name", "family", "kind", "description", "num_params", "tokenizer", "source", "path", "resolved_weights"):
         print(f"{key:17s} {data[key]}")
+    print(f"{'classes':17s} " + ", ".join(f"{k}={v}" for k, v in data["classes"].items() if v))
     for key in ("arch", "sampler", "train"):
         if data[key]:
             print(f"{key:17s} " + ", ".join(f"{k}={v}" for k, v in data[key].items()))
+    return 0
+
+
+def _families(args: argparse.Namespace) -> int:
+    from mgen.families import FAMILIES
+
+    rows = [{"family": f.name, "kind": f.kind, "model": f.model, "sampler": f.sampler or "-",
+             "pipeline": f.pipeline or "-", "tokenizers": ",".join(f.tokenizers) or "-",
+             "converters": ",".join(f.converters) or "-", "recap": "yes" if f.recap else "no"} for f in FAMILIES.values()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    cols = list(rows[0])
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths)).rstrip())
     return 0
 
 
@@ -42,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from mgen import __version__, hub, registry
     from mgen.nn.attention import available_backends, resolve_backend
 
+    if args.families:
+        return _families(args)
     if args.name:
         return _one(args)
     rows = []
