@@ -20,6 +20,10 @@ Two time grids (``time_grid``):
 
 Guidance (Ho & Salimans 2022) is applied only for t in ``guidance_interval`` (Kynkäänniemi et al. 2024),
 on all latent channels (or the first ``guidance_channels``).
+
+Precision: the state x_t, the noise, the times and the Euler/Heun updates are float32 whatever the model's
+dtype; the model sees x_t cast to its dtype and its velocity is cast back to float32 (guidance included).
+What :meth:`FlowSampler.sample` returns is float32.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch
 
 from mgen.errors import UserError
 from mgen.samplers.base import per_sample_generators
+from mgen.samplers.ddpm import StepCallback, apply_callback, model_device, model_dtype, check_labels
 
 SHIFT_BASE_DIM = 4096  # RAE: the shift is relative to a 4x32x32 latent (DiT on SD-VAE)
 
@@ -91,7 +96,6 @@ class FlowSampler:
     guidance_interval: tuple[float, float] = (0.0, 1.0)
     guidance_channels: int | None = None  # None: every channel
     time_grid: str = "uniform"  # or "rae" (the RAE release's ODE grid, see the module docstring)
-    progress: bool = False
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], **overrides: Any) -> "FlowSampler":
@@ -139,14 +143,25 @@ class FlowSampler:
         sched.set_timesteps(sigmas=np.linspace(1.0, 0.0, n + 1)[:-1])
         return sched.sigmas.to(torch.float64)
 
+    @property
+    def total_steps(self) -> int:
+        """How many integration steps (callback calls) :meth:`sample` makes: ``num_inference_steps`` on the
+        uniform grid, one fewer on RAE's grid (it counts grid points)."""
+        self.validate()
+        n = int(self.num_inference_steps)
+        return n - 1 if self.time_grid == "rae" else n
+
     def velocity(self, model: Callable[..., torch.Tensor], x: torch.Tensor, t: float, y: torch.Tensor | None,
-                 null: int | None) -> torch.Tensor:
+                 null: int | None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """v(x, t, y), guided inside ``guidance_interval``; the model runs in ``dtype`` (default: x's), the
+        result and the guidance arithmetic are float32."""
         b = x.shape[0]
-        tt = torch.full((b,), float(t), device=x.device, dtype=x.dtype)
+        tt = torch.full((b,), float(t), device=x.device, dtype=torch.float32)
+        xin = x if dtype is None else x.to(dtype)
         lo, hi = self.guidance_interval
         if self.guidance_scale == 1.0 or y is None or not (lo <= t <= hi):
-            return model(x, tt, y)
-        out = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([y, torch.full_like(y, null)]))
+            return model(xin, tt, y).float()
+        out = model(torch.cat([xin, xin]), torch.cat([tt, tt]), torch.cat([y, torch.full_like(y, null)])).float()
         cond, uncond = out[:b], out[b:]
         k = cond.shape[1] if self.guidance_channels is None else int(self.guidance_channels)
         guided = uncond[:, :k] + self.guidance_scale * (cond[:, :k] - uncond[:, :k])
@@ -155,20 +170,20 @@ class FlowSampler:
     @torch.no_grad()
     def sample(self, model: Callable[..., torch.Tensor], class_labels: torch.Tensor | list[int] | None = None, *,
                shape: tuple[int, ...] | None = None, batch_size: int | None = None,
-               generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+               generator: torch.Generator | list[torch.Generator] | None = None, noise: torch.Tensor | None = None,
                num_classes: int | None = None, device: torch.device | str | None = None,
-               dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Samples (B, *shape) for ``class_labels`` (or ``batch_size`` unconditional samples).
+               dtype: torch.dtype | None = None, callback: StepCallback | None = None) -> torch.Tensor:
+        """Float32 samples (B, *shape) for ``class_labels`` (or ``batch_size`` unconditional samples).
 
         ``shape`` defaults to the model's (in_channels, input_size, input_size). Sample i's noise comes
-        from its own generator stream, so it does not depend on the batch size.
+        from its own generator stream, so it does not depend on the batch size. ``dtype``: the dtype the
+        model is evaluated in (default: the model's); the state stays float32. ``callback(step, t,
+        {"latents": x})`` runs after every step (``t`` the step's start time); a dict it returns replaces
+        ``"latents"`` (diffusers' ``callback_on_step_end``). :attr:`total_steps` counts the calls.
         """
-        from mgen.samplers.ddpm import check_labels
-
         cfg = getattr(model, "config", None)
-        params = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
-        device = device or (params.device if params is not None else "cpu")
-        dtype = dtype or (params.dtype if params is not None else torch.float32)
+        device = torch.device(device) if device is not None else model_device(model)
+        dtype = dtype or model_dtype(model)
         if num_classes is None and cfg is not None:
             num_classes = getattr(cfg, "num_classes", None)
         y = None
@@ -186,19 +201,19 @@ class FlowSampler:
         ts = self.timesteps(tuple(shape))
         if noise is None:
             gens = per_sample_generators(generator, batch_size, device)
-            noise = torch.stack([torch.randn(tuple(shape), generator=g, device=device, dtype=dtype) for g in gens])
-        x = noise.to(device=device, dtype=dtype)
-        steps = range(len(ts) - 1)
-        if self.progress:
-            from tqdm.auto import tqdm
-            steps = tqdm(steps, desc=self.method)
-        for i in steps:
+            noise = torch.stack([torch.randn(tuple(shape), generator=g, device=device, dtype=torch.float32) for g in gens])
+        elif noise.shape[0] != batch_size:
+            raise UserError(f"the initial noise holds {noise.shape[0]} samples but the batch is {batch_size}")
+        x = noise.to(device=device, dtype=torch.float32)
+        for i in range(len(ts) - 1):
             t, t_next = float(ts[i]), float(ts[i + 1])
-            d = self.velocity(model, x, t, y, num_classes)
+            d = self.velocity(model, x, t, y, num_classes, dtype)
             x_euler = x + (t_next - t) * d
             if self.method == "heun" and t_next > 0:  # Heun's 2nd order (Karras et al. 2022, Alg. 1; torchdiffeq heun2)
-                d2 = self.velocity(model, x_euler, t_next, y, num_classes)
+                d2 = self.velocity(model, x_euler, t_next, y, num_classes, dtype)
                 x = x + (t_next - t) * 0.5 * (d + d2)
             else:
                 x = x_euler
+            if callback is not None:
+                x = apply_callback(callback, i, t, {"latents": x})["latents"].to(device=device, dtype=torch.float32)
         return x

@@ -208,7 +208,7 @@ def test_rae_dit_pipeline():
     from mgen.pipelines.rae_dit import RAEDiTPipeline
     from mgen.tokenizers.kl import KLTokenizer
 
-    vae = KLTokenizer.from_config(registry.get("kl-digits").arch).eval()
+    vae = KLTokenizer.from_arch(registry.get("kl-digits").arch).eval()
     pipe = RAEDiTPipeline(tiny_model(), vae, FlowSampler(num_inference_steps=3))
     img = pipe([1, 2], guidance_scale=1.5, generator=torch.Generator().manual_seed(0), output_type="pt", method="heun").images
     assert img.shape == (2, 3, 16, 16) and 0 <= img.min() and img.max() <= 1

@@ -95,7 +95,7 @@ def test_bad_sampler_input():
 def test_pipeline_outputs():
     from mgen.tokenizers.kl import KLTokenizer
 
-    vae = KLTokenizer.from_config(registry.get("kl-digits").arch).eval()
+    vae = KLTokenizer.from_arch(registry.get("kl-digits").arch).eval()
     pipe = DiTPipeline(tiny_model(), vae, DDPMSampler(num_inference_steps=4))
     g = torch.Generator().manual_seed(0)
     pt = pipe(class_labels=[1, 2], guidance_scale=2.0, generator=g, num_inference_steps=4, output_type="pt").images
@@ -120,7 +120,7 @@ def test_pipelines_from_pretrained_folders(tmp_path):
     from mgen.pipelines.rae_dit import RAEDiTPipeline
     from mgen.tokenizers.kl import KLTokenizer
 
-    vae = KLTokenizer.from_config(registry.get("kl-digits").arch).eval()
+    vae = KLTokenizer.from_arch(registry.get("kl-digits").arch).eval()
     tiny_model().save_pretrained(tmp_path / "dit")
     pipe = DiTPipeline.from_pretrained(tmp_path / "dit", tokenizer=vae, num_inference_steps=3, method="ddim")
     assert pipe.sampler.num_inference_steps == 3 and pipe.sampler.method == "ddim"
@@ -144,7 +144,7 @@ def test_mgen_train_builders(tmp_path, monkeypatch, name):
     entry = registry.get(name)
     channels = entry.arch["in_channels"]
     arch = {**registry.get("kl-digits").arch, "z_channels": channels}
-    monkeypatch.setattr(dit_mod, "load_tokenizer", lambda _name: KLTokenizer.from_config(arch).eval())
+    monkeypatch.setattr(dit_mod, "load_tokenizer", lambda _name: KLTokenizer.from_arch(arch).eval())
     import mgen.tokenizers.digits as digits
 
     full = digits.digits_images

@@ -6,7 +6,8 @@ sin-cos position embedding (``pos_embed``), timestep and class embedders whose s
 ``depth`` adaLN-Zero blocks (Fig. 3), and a final adaLN layer that predicts, per patch, the noise ε and
 (with ``learn_sigma``) the interpolation value v of the learned variance (Nichol & Dhariwal 2021, Eq. 15).
 Parameter names are the official ones, so ``DiT-XL-2-256x256.pt`` loads as a plain state dict; a
-diffusers ``DiTTransformer2DModel`` folder loads through :func:`convert_diffusers_state_dict`.
+diffusers ``DiTTransformer2DModel`` folder loads through :func:`convert_diffusers_state_dict`. The model
+is a diffusers ``ModelMixin`` + ``ConfigMixin`` (the component contract of docs/ARCHITECTURE.md).
 
 ``model(x, t, y)``: x (B, C, H, W) latents, t (B,) diffusion timesteps (0..999, may be fractional),
 y (B,) long class labels (``num_classes`` is the null class of classifier-free guidance) →
@@ -23,10 +24,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from mgen.errors import UserError, WeightsError
 from mgen.nn import AdaLNBlock, LabelEmbedder, TimestepEmbedder, modulate, sincos_2d
+from mgen.nn.precision import KeepFP32Mixin
+from mgen.tokenizers.latents import decode_latents
 
 
 @dataclass
@@ -118,24 +123,57 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size, bias=True))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        lin = self.adaLN_modulation[-1]
+        shift, scale = self.adaLN_modulation(c.to(lin.weight.dtype)).to(x.dtype).chunk(2, dim=1)
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
-class DiT(nn.Module):
-    """Class-conditional diffusion transformer (Peebles & Xie 2023)."""
+class DiT(KeepFP32Mixin, ModelMixin, ConfigMixin):
+    """Class-conditional diffusion transformer (Peebles & Xie 2023), a diffusers ``ModelMixin``.
 
-    def __init__(self, config: DiTConfig | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    ``DiT(**arch)`` builds a random-weight model from a registry entry's ``arch:`` mapping (the fields
+    of :class:`DiTConfig`, kept as ``self.arch``; ``self.config`` is diffusers' frozen copy of them);
+    :meth:`from_arch` does the same with validation of the keys. ``save_pretrained`` is ModelMixin's
+    (``config.json`` + ``diffusion_pytorch_model.safetensors``, official parameter names);
+    :meth:`from_pretrained` also reads the official ``.pt`` files, diffusers ``DiTTransformer2DModel``
+    folders, the old mgen layout and registry names.
+
+    Precision: under ``.to(torch.bfloat16)`` / ``torch_dtype=`` the conditioning path — timestep and
+    class embedders, every adaLN modulation (one (B, D) row per sample, ~0.2% of the FLOPs) and the
+    position table — stays float32 (:class:`~mgen.nn.precision.KeepFP32Mixin`); the token stream runs
+    in the model's dtype, and the modulation values are cast to it where they are applied.
+    """
+
+    _keep_fp32 = ("t_embedder", "y_embedder", "block_t_embedders", "block_y_embedders", "adaLN_modulation", "pos_embed")
+
+    @register_to_config
+    def __init__(
+        self,
+        input_size: int = 32,
+        patch_size: int = 2,
+        in_channels: int = 4,
+        hidden_size: int = 1152,
+        depth: int = 28,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        class_dropout_prob: float = 0.1,
+        num_classes: int = 1000,
+        learn_sigma: bool = True,
+        timestep_freq_shift: float = 0.0,
+        mlp_norm_eps: float = 1e-6,
+        per_block_embedders: bool = False,
+    ) -> None:
         super().__init__()
-        if config is None:
-            config = DiTConfig.from_mapping(kwargs)
-        elif isinstance(config, Mapping):
-            config = DiTConfig.from_mapping({**config, **kwargs})
-        elif kwargs:
-            config = dataclasses.replace(config, **kwargs)
-        config.validate()
-        self.config = config
-        c = config
+        if isinstance(input_size, (DiTConfig, Mapping)):  # the old ``DiT(DiTConfig(...))`` form
+            c = input_size if isinstance(input_size, DiTConfig) else DiTConfig.from_mapping(input_size)
+            self.register_to_config(**dataclasses.asdict(c))
+        else:
+            c = DiTConfig(input_size=input_size, patch_size=patch_size, in_channels=in_channels, hidden_size=hidden_size,
+                          depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, class_dropout_prob=class_dropout_prob,
+                          num_classes=num_classes, learn_sigma=learn_sigma, timestep_freq_shift=timestep_freq_shift,
+                          mlp_norm_eps=mlp_norm_eps, per_block_embedders=per_block_embedders)
+        c.validate()
+        self.arch = c
         self.in_channels, self.out_channels = c.in_channels, c.out_channels
         self.patch_size, self.num_heads, self.num_classes = c.patch_size, c.num_heads, c.num_classes
         self.attn_backend: str | None = None  # None: $MGEN_ATTN / auto
@@ -154,6 +192,13 @@ class DiT(nn.Module):
             block.norm2.eps = c.mlp_norm_eps
         self.final_layer = FinalLayer(c.hidden_size, c.patch_size, c.out_channels)
         self.initialize_weights()
+
+    @classmethod
+    def from_arch(cls, arch: Mapping[str, Any] | DiTConfig, where: str = "arch") -> "DiT":
+        """A random-weight DiT from an ``arch:`` mapping (unknown or inconsistent settings: :class:`UserError`)."""
+        cfg = arch if isinstance(arch, DiTConfig) else DiTConfig.from_mapping(arch, where=where)
+        cfg.validate()
+        return cls(**dataclasses.asdict(cfg))
 
     def initialize_weights(self) -> None:
         """DiT's initialisation (§3.2 "adaLN-Zero"): xavier linears, zero adaLN and output layers."""
@@ -181,6 +226,7 @@ class DiT(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The compute dtype of the token stream (the float32 conditioning parts aside)."""
         return self.x_embedder.proj.weight.dtype
 
     @property
@@ -189,7 +235,7 @@ class DiT(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------
     def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> None:
-        c = self.config
+        c = self.arch
         if x.ndim != 4:
             raise UserError(f"DiT expects latents (B, C, H, W); got shape {tuple(x.shape)}")
         if x.shape[1] != c.in_channels:
@@ -205,17 +251,20 @@ class DiT(nn.Module):
             raise UserError(f"class labels must have shape ({x.shape[0]},); got {tuple(y.shape)}")
 
     def condition(self, t: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """c = t_embedder(t) + y_embedder(y) (label dropout to the null class while training)."""
+        """c = t_embedder(t) + y_embedder(y) (label dropout to the null class while training); float32
+        when the embedders are (always, under reduced precision)."""
         return self.t_embedder(t) + self.y_embedder(y, self.training, generator=generator)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """ε (and variance interpolation v) prediction for latents ``x`` at timesteps ``t``, classes ``y``.
 
-        ``generator`` drives the label dropout in training mode (classifier-free guidance training).
+        ``x`` is cast to the model's dtype; the output is in the model's dtype. ``generator`` drives the
+        label dropout in training mode (classifier-free guidance training).
         """
         self.check_inputs(x, t, y)
-        c = self.config
+        c = self.arch
         grid = (x.shape[-2] // c.patch_size, x.shape[-1] // c.patch_size)
+        x = x.to(self.dtype)
         h = self.x_embedder(x) + self.pos_embed.to(x.dtype)
         cond = self.condition(t, y, generator)
         conds = [cond] * len(self.blocks)
@@ -223,7 +272,7 @@ class DiT(nn.Module):
             conds[1:] = [te(t) + ye(y, self.training, generator=generator)
                          for te, ye in zip(self.block_t_embedders, self.block_y_embedders)]
         for block, cb in zip(self.blocks, conds):
-            h = block(h, cb) if self.attn_backend is None else _block_with_backend(block, h, cb, self.attn_backend)
+            h = _block_forward(block, h, cb, self.attn_backend)
         h = self.final_layer(h, cond)
         return unpatchify(h, c.patch_size, c.out_channels, grid)
 
@@ -235,9 +284,10 @@ class DiT(nn.Module):
         ``num_classes``). The first half of ``x`` is evaluated twice, ε_u + s·(ε_c − ε_u) is formed on
         the first ``guidance_channels`` output channels (3 in the official code "for exact
         reproducibility"; ``None`` = all ``in_channels``), and both halves receive the guided value.
+        The guidance arithmetic and the result are float32 whatever the model's dtype.
         """
         half = x[: len(x) // 2]
-        out = self.forward(torch.cat([half, half], dim=0), t, y)
+        out = self.forward(torch.cat([half, half], dim=0), t, y).float()
         k = self.in_channels if guidance_channels is None else int(guidance_channels)
         eps, rest = out[:, :k], out[:, k:]
         cond, uncond = torch.split(eps, len(eps) // 2, dim=0)
@@ -247,18 +297,29 @@ class DiT(nn.Module):
     # -- weights ---------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, config: str | DiTConfig | Mapping[str, Any] | None = None,
-                        weights: str | os.PathLike | None = None, map_location: str | torch.device = "cpu") -> "DiT":
-        """Load a DiT from an official ``.pt`` state dict (or a training checkpoint holding ``ema`` /
-        ``model``), a safetensors file, a diffusers ``DiTTransformer2DModel`` folder (or a pipeline folder
-        with ``transformer/``), a folder written by :meth:`save_pretrained`, or a registry name.
+                        weights: str | os.PathLike | None = None, map_location: str | torch.device = "cpu",
+                        **kwargs: Any) -> "DiT":
+        """Load a DiT from a folder written by :meth:`save_pretrained` (diffusers' own loader), an official
+        ``.pt`` state dict (or a training checkpoint holding ``ema`` / ``model``), a safetensors file, a
+        diffusers ``DiTTransformer2DModel`` folder (or a pipeline folder with ``transformer/``), a folder
+        of the old mgen layout (``config.json`` + ``model.safetensors``), or a registry name.
 
-        ``config``: a registry name (``"dit-xl-2"``), a :class:`DiTConfig` or an ``arch`` mapping. When
-        omitted it is read from the folder's ``config.json`` or inferred from the checkpoint's shapes.
+        ``config``: a registry name (``"dit-xl-2"``), a YAML path, a :class:`DiTConfig` or an ``arch``
+        mapping, for files that do not carry their own; when omitted it is read from the folder's
+        ``config.json`` or inferred from the checkpoint's shapes. ``torch_dtype`` (or ``dtype``) is
+        honoured on every path; the other diffusers loading options (``low_cpu_mem_usage``,
+        ``device_map``, ``variant``, ``use_safetensors``, …) are forwarded to diffusers for its own
+        folders and ignored elsewhere. The model is returned in eval mode.
         """
-        from mgen import hub, registry
+        from mgen import hub
 
+        torch_dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None)
+        kwargs.pop("dtype", None)
+        subfolder = kwargs.pop("subfolder", None)
         cfg: DiTConfig | None = _config_from(config)
         p = Path(path).expanduser()
+        if subfolder:
+            p = p / subfolder
         if weights is not None or not p.exists():
             resolved = hub.resolve(str(path), weights)
             if cfg is None and resolved.entry is not None:
@@ -269,13 +330,19 @@ class DiT(nn.Module):
             if (p / "transformer").is_dir() and not (p / "config.json").exists():
                 p = p / "transformer"
             cfg_json = p / "config.json"
+            meta = json.loads(cfg_json.read_text()) if cfg_json.exists() else {}
+            owner = meta.get("_class_name")
+            if owner == cls.__name__:  # our own ModelMixin folder
+                model = super().from_pretrained(str(p), **kwargs)
+                return _finish(model, map_location, torch_dtype)
+            if owner is not None and owner not in DIFFUSERS_DIT_CLASSES:
+                raise WeightsError(f"{p}: the folder holds a {owner}, not a {cls.__name__}")
             files = [p / n for n in ("diffusion_pytorch_model.safetensors", "model.safetensors",
                                      "diffusion_pytorch_model.bin", "pytorch_model.bin")]
             files = [f for f in files if f.exists()]
             if not files:
                 raise WeightsError(f"{p}: no weights file (diffusion_pytorch_model.safetensors or model.safetensors)")
-            meta = json.loads(cfg_json.read_text()) if cfg_json.exists() else {}
-            if "_class_name" in meta or "num_attention_heads" in meta:
+            if owner is not None or "num_attention_heads" in meta:
                 diffusers_cfg = meta
             elif meta and cfg is None:
                 cfg = DiTConfig.from_mapping(meta, where=str(cfg_json))
@@ -284,7 +351,10 @@ class DiT(nn.Module):
             file = p
             sib = p.parent / "config.json"
             if sib.exists() and p.name.startswith("diffusion_pytorch_model"):
-                diffusers_cfg = json.loads(sib.read_text())
+                meta = json.loads(sib.read_text())
+                if meta.get("_class_name") == cls.__name__:
+                    return _finish(super().from_pretrained(str(p.parent), **kwargs), map_location, torch_dtype)
+                diffusers_cfg = meta
         state = _unwrap_checkpoint(hub.load_checkpoint(file), file)
         if any(k.startswith("transformer_blocks.") for k in state):
             if diffusers_cfg is None and cfg is None:
@@ -299,43 +369,50 @@ class DiT(nn.Module):
             state = convert_diffusers_state_dict(state)
         if cfg is None:
             cfg = infer_config(state)
-        model = cls(cfg)
-        missing, unexpected = _load(model, state, file)
-        return model.to(map_location).eval()  # like diffusers: loaded models start in eval mode
-
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` (our arch numbers) and ``model.safetensors`` (official key names)."""
-        from mgen.hub import save_safetensors
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        save_safetensors({k: v.contiguous() for k, v in self.state_dict().items()}, d / "model.safetensors")
-        tmp = d / ".config.json.tmp"
-        tmp.write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
-        tmp.replace(d / "config.json")
-        return d
+        model = cls.from_arch(cfg)
+        _load(model, state, file)
+        return _finish(model, map_location, torch_dtype)
 
 
-def _block_with_backend(block: AdaLNBlock, x: torch.Tensor, c: torch.Tensor, backend: str) -> torch.Tensor:
-    """One adaLN-Zero block with an explicit attention backend (benchmarks compare backends)."""
-    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.adaLN_modulation(c).chunk(6, dim=1)
+DIFFUSERS_DIT_CLASSES = ("DiTTransformer2DModel", "Transformer2DModel")
+
+
+def _finish(model: nn.Module, map_location: str | torch.device | None, torch_dtype: torch.dtype | None) -> Any:
+    """Device, dtype (float32 parts kept, see :class:`KeepFP32Mixin`) and eval mode, as diffusers' loaders."""
+    if map_location is not None:
+        model = model.to(map_location)
+    if torch_dtype is not None:
+        if not isinstance(torch_dtype, torch.dtype):
+            raise UserError(f"torch_dtype must be a torch.dtype (e.g. torch.bfloat16); got {torch_dtype!r}")
+        model = model.to(torch_dtype)
+    return model.eval()
+
+
+def _block_forward(block: AdaLNBlock, x: torch.Tensor, c: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+    """One adaLN-Zero block (:class:`~mgen.nn.AdaLNBlock`'s forward) with an explicit attention backend
+    (benchmarks compare backends) and mixed precision: the modulation runs in its own (float32) dtype and
+    its shift/scale/gate are cast to the token stream's dtype. In float32 this is exactly ``block(x, c)``."""
+    lin = block.adaLN_modulation[-1]
+    mods = block.adaLN_modulation(c.to(lin.weight.dtype)).to(x.dtype)
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.chunk(6, dim=1)
     x = x + gate_msa.unsqueeze(1) * block.attn(modulate(block.norm1(x), shift_msa, scale_msa), backend=backend)
     return x + gate_mlp.unsqueeze(1) * block.mlp(modulate(block.norm2(x), shift_mlp, scale_mlp))
 
 
-def _config_from(config: str | DiTConfig | Mapping[str, Any] | None) -> DiTConfig | None:
+def _config_from(config: str | os.PathLike | DiTConfig | Mapping[str, Any] | None) -> DiTConfig | None:
+    """``config=`` of :meth:`DiT.from_pretrained`: a registry name, a YAML path, a DiTConfig or an arch mapping.
+    A registry entry of another architecture fails the arch validation (unknown settings: UserError)."""
     from mgen import registry
 
     if config is None or isinstance(config, DiTConfig):
         return config
     if isinstance(config, Mapping):
         return DiTConfig.from_mapping(config)
-    if isinstance(config, str):
-        entry = registry.load_config_file(config) if config.endswith((".yaml", ".yml")) else registry.get(config)
-        if entry.family != "dit":
-            raise UserError(f"{entry.name} is a {entry.family!r} model, not a DiT")
-        return DiTConfig.from_mapping(entry.arch, where=entry.path)
-    raise UserError(f"config must be a registry name, a DiTConfig or a mapping; got {type(config).__name__}")
+    if isinstance(config, (str, os.PathLike)):
+        name = os.fspath(config)
+        entry = registry.load_config_file(name) if name.endswith((".yaml", ".yml")) else registry.get(name)
+        return DiTConfig.from_mapping(entry.arch, where=f"{entry.name} ({entry.path})")
+    raise UserError(f"config must be a registry name, a YAML path, a DiTConfig or a mapping; got {type(config).__name__}")
 
 
 def _unwrap_checkpoint(ckpt: dict[str, Any], file: Path) -> dict[str, torch.Tensor]:
@@ -366,6 +443,24 @@ def _load(model: nn.Module, state: dict[str, torch.Tensor], file: Path) -> tuple
         raise WeightsError(f"{file}: not a DiT checkpoint for this config ({what})")
     model.load_state_dict(state, strict=True)
     return missing, unexpected
+
+
+def looks_like(state_dict: Mapping[str, Any]) -> bool:
+    """Whether a state dict (or a training checkpoint holding ``ema`` / ``model``) is a DiT: the official
+    layout (sinusoidal ``t_embedder.mlp``, ``y_embedder``, adaLN ``blocks``, no Fourier ``t_embedder.W``) or
+    diffusers' ``DiTTransformer2DModel``. Keys only, nothing is loaded."""
+    sd: Mapping[str, Any] = state_dict
+    for key in ("ema", "model", "state_dict"):
+        if isinstance(sd.get(key), Mapping):
+            sd = sd[key]
+            break
+    keys = {str(k).removeprefix("module.") for k in sd}
+    official = {"x_embedder.proj.weight", "t_embedder.mlp.0.weight", "y_embedder.embedding_table.weight",
+                "final_layer.adaLN_modulation.1.weight", "blocks.0.adaLN_modulation.1.weight"}
+    if official <= keys:
+        return "t_embedder.W" not in keys and "s_embedder.proj.weight" not in keys
+    return {"pos_embed.proj.weight", "proj_out_1.weight",
+            "transformer_blocks.0.norm1.emb.class_embedder.embedding_table.weight"} <= keys
 
 
 def infer_config(state: Mapping[str, torch.Tensor]) -> DiTConfig:
@@ -535,7 +630,6 @@ class DiTTrainTask:
 
     @torch.no_grad()
     def sample_grid(self, model: nn.Module, generator: torch.Generator) -> torch.Tensor:
-        from mgen.pipelines.dit import decode_latents
         from mgen.samplers.ddpm import DDPMSampler
 
         n = min(model.config.num_classes, 10)
@@ -545,21 +639,24 @@ class DiTTrainTask:
         return decode_latents(self.tokenizer, lat).cpu() if self.tokenizer is not None else lat[:, :3].cpu()
 
 
+def build_dit_training(entry, out_dir=None, max_steps=None, batch_size=None, seed=None):
+    """The trainer of a DiT registry entry (``mgen train --config configs/dit-*.yaml``; mgen.families' ``train``)."""
+    from mgen.train.trainer import TrainConfig, Trainer
+
+    own, rest = split_train_settings(entry.train)
+    cfg = TrainConfig.from_mapping(rest, out_dir=out_dir or f"runs/{entry.name}", max_steps=max_steps,
+                                   batch_size=batch_size, seed=seed)
+    torch.manual_seed(cfg.seed)
+    model = DiT.from_arch(entry.arch, where=entry.path)
+    data, tok = training_data(entry, own)
+    task = DiTTrainTask(model, entry.sampler, tok, int(own.get("preview_steps", 50)))
+    return Trainer(task, data, cfg)
+
+
 def _register() -> None:
     from mgen.train.tasks import register
 
-    @register("dit")
-    def build(entry, out_dir=None, max_steps=None, batch_size=None, seed=None):
-        from mgen.train.trainer import TrainConfig, Trainer
-
-        own, rest = split_train_settings(entry.train)
-        cfg = TrainConfig.from_mapping(rest, out_dir=out_dir or f"runs/{entry.name}", max_steps=max_steps,
-                                       batch_size=batch_size, seed=seed)
-        torch.manual_seed(cfg.seed)
-        model = DiT(DiTConfig.from_mapping(entry.arch, where=entry.path))
-        data, tok = training_data(entry, own)
-        task = DiTTrainTask(model, entry.sampler, tok, int(own.get("preview_steps", 50)))
-        return Trainer(task, data, cfg)
+    register("dit")(build_dit_training)
 
 
 _register()

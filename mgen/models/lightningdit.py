@@ -24,11 +24,15 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from mgen.errors import UserError, WeightsError
-from mgen.models.dit import PatchEmbed, unpatchify
+from mgen.models.dit import PatchEmbed, _finish, unpatchify
 from mgen.nn import Attention, FourierTimestepEmbedder, LabelEmbedder, Mlp, Rope2D, SwiGLU, sincos_2d
+from mgen.nn.precision import KeepFP32Mixin
+from mgen.tokenizers.latents import decode_latents
 
 
 @dataclass
@@ -119,7 +123,8 @@ class LightningBlock(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor, rope: Rope2D | None = None, backend: str | None = None) -> torch.Tensor:
         if c.ndim == 2:
             c = c.unsqueeze(1)
-        mods = self.adaLN_modulation(c)
+        # the modulation runs in its own dtype (float32 for per-sample conditions under reduced precision)
+        mods = self.adaLN_modulation(c.to(self.adaLN_modulation[-1].weight.dtype)).to(x.dtype)
         if self.wo_shift:
             scale1, gate1, scale2, gate2 = mods.chunk(4, dim=-1)
             shift1 = shift2 = None
@@ -141,23 +146,74 @@ class FinalLayer(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         if c.ndim == 2:
             c = c.unsqueeze(1)
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        shift, scale = self.adaLN_modulation(c.to(self.adaLN_modulation[-1].weight.dtype)).to(x.dtype).chunk(2, dim=-1)
         return self.linear(_modulate(self.norm_final(x), shift, scale))
 
 
-class LightningDiT(nn.Module):
-    """LightningDiT trunk with an optional DDT head (DiT^DH of the RAE paper)."""
+class LightningDiT(KeepFP32Mixin, ModelMixin, ConfigMixin):
+    """LightningDiT trunk with an optional DDT head (DiT^DH of the RAE paper), a diffusers ``ModelMixin``.
 
-    def __init__(self, config: LightningDiTConfig | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    ``LightningDiT(**arch)`` builds a random-weight model from an ``arch:`` mapping (the fields of
+    :class:`LightningDiTConfig`, kept as ``self.arch``); :meth:`from_arch` validates the keys.
+    ``save_pretrained`` is ModelMixin's; :meth:`from_pretrained` also reads RAE's release checkpoints,
+    the old mgen layout and registry names.
+
+    Precision: under ``.to(torch.bfloat16)`` / ``torch_dtype=`` the per-sample conditioning stays float32
+    — the Fourier time embedding (``t_embedder``, its fixed ``W`` included), the class table, the trunk
+    blocks' adaLN modulation (and the final layer's without a head), the position and RoPE tables. The DDT
+    head's modulation is per token (as costly as an MLP) and runs in the model's dtype.
+    """
+
+    _keep_fp32 = ("t_embedder", "y_embedder", "pos_embed", "rope", "head_rope")
+
+    def keeps_fp32(self, name: str) -> bool:
+        if super().keeps_fp32(name):
+            return True
+        parts = name.split(".")
+        if "adaLN_modulation" not in parts:
+            return False
+        if parts[0] == "blocks":  # trunk blocks: one condition row per sample
+            return int(parts[1]) < self.arch.depth
+        return parts[0] == "final_layer" and self.arch.head_depth == 0
+
+    @register_to_config
+    def __init__(
+        self,
+        input_size: int = 16,
+        patch_size: int = 1,
+        in_channels: int = 768,
+        hidden_size: int = 1152,
+        depth: int = 28,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        class_dropout_prob: float = 0.1,
+        num_classes: int = 1000,
+        use_qknorm: bool = False,
+        use_swiglu: bool = True,
+        use_rope: bool = True,
+        use_rmsnorm: bool = True,
+        use_pos_embed: bool = True,
+        wo_shift: bool = False,
+        head_depth: int = 2,
+        head_hidden_size: int = 2048,
+        head_num_heads: int = 16,
+        fourier_seed: int = 0,
+        learn_sigma: bool = False,
+    ) -> None:
         super().__init__()
-        if config is None:
-            config = LightningDiTConfig.from_mapping(kwargs)
-        elif isinstance(config, Mapping):
-            config = LightningDiTConfig.from_mapping({**config, **kwargs})
-        elif kwargs:
-            config = dataclasses.replace(config, **kwargs)
-        config.validate()
-        self.config = c = config
+        if isinstance(input_size, (LightningDiTConfig, Mapping)):  # the old ``LightningDiT(LightningDiTConfig(...))`` form
+            c = input_size if isinstance(input_size, LightningDiTConfig) else LightningDiTConfig.from_mapping(input_size)
+            self.register_to_config(**dataclasses.asdict(c))
+        else:
+            c = LightningDiTConfig(
+                input_size=input_size, patch_size=patch_size, in_channels=in_channels, hidden_size=hidden_size,
+                depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, class_dropout_prob=class_dropout_prob,
+                num_classes=num_classes, use_qknorm=use_qknorm, use_swiglu=use_swiglu, use_rope=use_rope,
+                use_rmsnorm=use_rmsnorm, use_pos_embed=use_pos_embed, wo_shift=wo_shift, head_depth=head_depth,
+                head_hidden_size=head_hidden_size, head_num_heads=head_num_heads, fourier_seed=fourier_seed,
+                learn_sigma=learn_sigma)
+        c.validate()
+        self.arch = c
         self.in_channels = self.out_channels = c.in_channels
         self.num_classes = c.num_classes
         self.attn_backend: str | None = None
@@ -184,6 +240,13 @@ class LightningDiT(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.final_layer = FinalLayer(out_width, p, c.in_channels * (2 if c.learn_sigma else 1), c.use_rmsnorm)
         self.initialize_weights()
+
+    @classmethod
+    def from_arch(cls, arch: Mapping[str, Any] | LightningDiTConfig, where: str = "arch") -> "LightningDiT":
+        """A random-weight model from an ``arch:`` mapping (unknown or inconsistent settings: :class:`UserError`)."""
+        cfg = arch if isinstance(arch, LightningDiTConfig) else LightningDiTConfig.from_mapping(arch, where=where)
+        cfg.validate()
+        return cls(**dataclasses.asdict(cfg))
 
     def initialize_weights(self) -> None:
         """DiT / LightningDiT initialisation: xavier linears, zero adaLN-Zero modulation and output."""
@@ -217,7 +280,7 @@ class LightningDiT(nn.Module):
         return self.x_embedder.proj.weight.device
 
     def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> None:
-        c = self.config
+        c = self.arch
         if x.ndim != 4 or x.shape[1] != c.in_channels:
             raise UserError(f"LightningDiT expects latents (B, {c.in_channels}, H, W); got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
@@ -229,10 +292,12 @@ class LightningDiT(nn.Module):
             raise UserError(f"t and y must have shape ({x.shape[0]},); got {tuple(t.shape)} and {tuple(y.shape)}")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Velocity prediction v(x_t, t, y) (RAE Eq. 1 target ε − x)."""
+        """Velocity prediction v(x_t, t, y) (RAE Eq. 1 target ε − x); ``x`` is cast to the model's dtype,
+        the output is in it (the time and class conditions are float32, see the class docstring)."""
         self.check_inputs(x, t, y)
-        c = self.config
+        c = self.arch
         grid = (x.shape[-2] // c.patch_size, x.shape[-1] // c.patch_size)
+        x = x.to(self.dtype)
         temb = self.t_embedder(t.to(torch.float32))
         yemb = self.y_embedder(y, self.training, generator=generator)
         be = self.attn_backend
@@ -251,7 +316,7 @@ class LightningDiT(nn.Module):
             s = s + self.pos_embed.to(s.dtype)
         for block in self.blocks[: c.depth]:
             s = block(s, cond, rope=self.rope, backend=be)
-        s = self.s_projector(F.silu(temb.unsqueeze(1) + s))  # per-token condition for the head
+        s = self.s_projector(F.silu(temb.unsqueeze(1) + s).to(s.dtype))  # per-token condition for the head
         h = self.x_embedder(x)
         for block in self.blocks[c.depth:]:
             h = block(h, s, rope=self.head_rope, backend=be)
@@ -260,21 +325,41 @@ class LightningDiT(nn.Module):
     # -- weights ---------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, config: str | LightningDiTConfig | Mapping[str, Any] | None = None,
-                        weights: str | os.PathLike | None = None, map_location: str | torch.device = "cpu") -> "LightningDiT":
-        """Load a folder written by :meth:`save_pretrained`, a safetensors / ``.pt`` state dict (RAE's
-        release layout; EMA weights preferred), or a registry name (``rae-dit-digits``)."""
-        from mgen import hub, registry
+                        weights: str | os.PathLike | None = None, map_location: str | torch.device = "cpu",
+                        **kwargs: Any) -> "LightningDiT":
+        """Load a folder written by :meth:`save_pretrained` (diffusers' own loader), a folder of the old
+        mgen layout (``config.json`` + ``model.safetensors``), a safetensors / ``.pt`` state dict (RAE's
+        release layout; EMA weights preferred), or a registry name (``rae-dit-digits``).
 
+        ``config``: a registry name, a YAML path, a :class:`LightningDiTConfig` or an ``arch`` mapping for
+        files without their own. ``torch_dtype`` (or ``dtype``) is honoured on every path; the other
+        diffusers loading options are forwarded for diffusers folders and ignored elsewhere. Eval mode.
+        """
+        from mgen import hub
+
+        torch_dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None)
+        kwargs.pop("dtype", None)
+        subfolder = kwargs.pop("subfolder", None)
         cfg = _config_from(config)
         p = Path(path).expanduser()
+        if subfolder:
+            p = p / subfolder
         if weights is not None or not p.exists():
             resolved = hub.resolve(str(path), weights)
             if cfg is None and resolved.entry is not None:
                 cfg = LightningDiTConfig.from_mapping(resolved.entry.arch, where=resolved.entry.path)
             p = Path(resolved.path)
+        if p.is_dir() and (p / "transformer").is_dir() and not (p / "config.json").exists():
+            p = p / "transformer"
         if p.is_dir():
-            if cfg is None and (p / "config.json").exists():
-                cfg = LightningDiTConfig.from_mapping(json.loads((p / "config.json").read_text()), where=str(p / "config.json"))
+            meta = json.loads((p / "config.json").read_text()) if (p / "config.json").exists() else {}
+            owner = meta.get("_class_name")
+            if owner == cls.__name__:  # our own ModelMixin folder
+                return _finish(super().from_pretrained(str(p), **kwargs), map_location, torch_dtype)
+            if owner is not None:
+                raise WeightsError(f"{p}: the folder holds a {owner}, not a {cls.__name__}")
+            if cfg is None and meta:
+                cfg = LightningDiTConfig.from_mapping(meta, where=str(p / "config.json"))
             p = p / "model.safetensors"
         ckpt = hub.load_checkpoint(p)
         for key in ("ema", "model", "state_dict"):  # RAE's train.py writes {"model", "ema", ...}; sampling uses "ema"
@@ -286,7 +371,7 @@ class LightningDiT(nn.Module):
             cfg = infer_config(state, p)
         # RAE stores its RoPE tables as buffers; ours are recomputed.
         state = {k: v for k, v in state.items() if "feat_rope." not in k}
-        model = cls(cfg)
+        model = cls.from_arch(cfg)
         own = model.state_dict()
         if "pos_embed" in own and "pos_embed" not in state:
             state["pos_embed"] = own["pos_embed"]
@@ -298,18 +383,23 @@ class LightningDiT(nn.Module):
                     else f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}")
             raise WeightsError(f"{p}: checkpoint does not match the config ({what})")
         model.load_state_dict(state)
-        return model.to(map_location).eval()
+        return _finish(model, map_location, torch_dtype)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        from mgen.hub import save_safetensors
 
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        save_safetensors({k: v.contiguous() for k, v in self.state_dict().items()}, d / "model.safetensors")
-        tmp = d / ".config.json.tmp"
-        tmp.write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
-        tmp.replace(d / "config.json")
-        return d
+def looks_like(state_dict: Mapping[str, Any]) -> bool:
+    """Whether a state dict (or a training checkpoint holding ``ema`` / ``model``) is a LightningDiT / DiT^DH
+    of the RAE release: its Fourier time embedding (``t_embedder.W``) and patch embedder(s). Keys only."""
+    sd = _inner_state(state_dict)
+    return ("t_embedder.W" in sd and "x_embedder.proj.weight" in sd and "y_embedder.embedding_table.weight" in sd
+            and "final_layer.linear.weight" in sd)
+
+
+def _inner_state(ckpt: Mapping[str, Any]) -> Mapping[str, Any]:
+    for key in ("ema", "model", "state_dict"):
+        if isinstance(ckpt.get(key), Mapping):
+            ckpt = ckpt[key]
+            break
+    return {str(k).removeprefix("module.").removeprefix("_orig_mod."): v for k, v in ckpt.items()}
 
 
 # RAE / DiT paper widths → heads (S 384/6, B 768/12, L 1024/16, XL 1152/16; the DDT head 2048/16).
@@ -360,17 +450,18 @@ def infer_config(state: Mapping[str, torch.Tensor], where: Any = "checkpoint") -
         learn_sigma=(not head) and out == 2 * in_ch)
 
 
-def _config_from(config: str | LightningDiTConfig | Mapping[str, Any] | None) -> LightningDiTConfig | None:
+def _config_from(config: str | os.PathLike | LightningDiTConfig | Mapping[str, Any] | None) -> LightningDiTConfig | None:
+    """``config=`` of :meth:`LightningDiT.from_pretrained`: a registry name, a YAML path, a config or an arch
+    mapping. A registry entry of another architecture fails the arch validation (UserError)."""
     from mgen import registry
 
     if config is None or isinstance(config, LightningDiTConfig):
         return config
     if isinstance(config, Mapping):
         return LightningDiTConfig.from_mapping(config)
-    entry = registry.load_config_file(config) if str(config).endswith((".yaml", ".yml")) else registry.get(str(config))
-    if entry.family != "rae-dit":
-        raise UserError(f"{entry.name} is a {entry.family!r} model, not a LightningDiT / DiT^DH")
-    return LightningDiTConfig.from_mapping(entry.arch, where=entry.path)
+    name = os.fspath(config)
+    entry = registry.load_config_file(name) if name.endswith((".yaml", ".yml")) else registry.get(name)
+    return LightningDiTConfig.from_mapping(entry.arch, where=f"{entry.name} ({entry.path})")
 
 
 # -- training (``mgen train --config configs/rae-dit-*.yaml``) ----------------------------------------
@@ -400,7 +491,6 @@ class FlowTrainTask:
 
     @torch.no_grad()
     def sample_grid(self, model: nn.Module, generator: torch.Generator) -> torch.Tensor:
-        from mgen.pipelines.dit import decode_latents
         from mgen.samplers.flow import FlowSampler
 
         n = min(model.config.num_classes, 10)
@@ -409,21 +499,24 @@ class FlowTrainTask:
         return decode_latents(self.tokenizer, lat).cpu() if self.tokenizer is not None else lat[:, :3].cpu()
 
 
+def build_flow_training(entry, out_dir=None, max_steps=None, batch_size=None, seed=None):
+    """The trainer of a LightningDiT / DiT^DH registry entry (``mgen train --config configs/rae-dit-*.yaml``)."""
+    from mgen.models.dit import split_train_settings, training_data
+    from mgen.train.trainer import TrainConfig, Trainer
+
+    own, rest = split_train_settings(entry.train)
+    cfg = TrainConfig.from_mapping(rest, out_dir=out_dir or f"runs/{entry.name}", max_steps=max_steps,
+                                   batch_size=batch_size, seed=seed)
+    torch.manual_seed(cfg.seed)
+    model = LightningDiT.from_arch(entry.arch, where=entry.path)
+    data, tok = training_data(entry, own)
+    return Trainer(FlowTrainTask(model, own, entry.sampler, tok), data, cfg)
+
+
 def _register() -> None:
     from mgen.train.tasks import register
 
-    @register("rae-dit")
-    def build(entry, out_dir=None, max_steps=None, batch_size=None, seed=None):
-        from mgen.models.dit import split_train_settings, training_data
-        from mgen.train.trainer import TrainConfig, Trainer
-
-        own, rest = split_train_settings(entry.train)
-        cfg = TrainConfig.from_mapping(rest, out_dir=out_dir or f"runs/{entry.name}", max_steps=max_steps,
-                                       batch_size=batch_size, seed=seed)
-        torch.manual_seed(cfg.seed)
-        model = LightningDiT(LightningDiTConfig.from_mapping(entry.arch, where=entry.path))
-        data, tok = training_data(entry, own)
-        return Trainer(FlowTrainTask(model, own, entry.sampler, tok), data, cfg)
+    register("rae-dit")(build_flow_training)
 
 
 _register()
