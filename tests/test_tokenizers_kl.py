@@ -171,6 +171,6 @@ def test_registered_configs_build_the_official_architectures(name, params, strid
     entry = registry.get(name)
     cls = VQTokenizer if entry.family == "vq" else KLTokenizer
     with torch.device("meta"):  # shapes only
-        tok = cls.from_config(entry.arch)
+        tok = cls.from_arch(entry.arch)
     assert sum(p.numel() for p in tok.parameters()) == params
     assert tok.stride == stride

@@ -117,7 +117,7 @@ def official(tmp_path_factory):
 def test_loads_official_layout_and_matches_functional_reference(official):
     sd, d = official
     tok = MaskGITJaxVQTokenizer.from_pretrained(d / "vqgan_jax_strongaug.ckpt")
-    assert tok.config == MaskGITJaxVQConfig(ch=CH, ch_mult=CH_MULT, num_res_blocks=NRB, z_channels=Z, codebook_size=K)
+    assert tok.arch == MaskGITJaxVQConfig(ch=CH, ch_mult=CH_MULT, num_res_blocks=NRB, z_channels=Z, codebook_size=K)
     assert tok.codebook_size == K and tok.stride == 16 and tok.scaling_factor == 1.0
     assert set(tok.state_dict()) == set(sd)
     x = torch.rand(2, 3, 32, 48, generator=torch.Generator().manual_seed(1)) * 2 - 1
@@ -149,7 +149,7 @@ def test_save_load_round_trip(official, tmp_path):
                       MaskGITJaxVQTokenizer.from_pretrained(tmp_path / "one.safetensors"),
                       load_tokenizer(tmp_path / "folder"), load_tokenizer(tmp_path / "one.safetensors"),
                       load_tokenizer(d / "vqgan_jax_strongaug.ckpt")):
-            assert isinstance(other, MaskGITJaxVQTokenizer) and other.config == tok.config
+            assert isinstance(other, MaskGITJaxVQTokenizer) and other.arch == tok.arch
             assert torch.equal(other.encode(x), idx)
             assert torch.equal(other.decode(idx), tok.decode(idx))
 
@@ -160,7 +160,7 @@ def test_registry_entry_and_convert_cli(official, tmp_path, monkeypatch):
     from mgen.tokenizers import load_tokenizer
 
     entry = registry.get("maskgit-vqgan-jax")
-    assert entry.is_tokenizer and entry.family == "vq"
+    assert entry.is_tokenizer and entry.family == "maskgit-jax-vq"
     cfg = MaskGITJaxVQConfig.from_mapping(entry.arch)
     assert (cfg.codebook_size, cfg.z_channels, cfg.ch_mult, cfg.stride) == (1024, 256, (1, 1, 2, 2, 4), 16)
     assert registry.get("enat-l").tokenizer == "maskgit-vqgan-jax"

@@ -18,60 +18,58 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from mgen.errors import UserError, WeightsError
+from mgen.fileio import atomic_dir
+from mgen.tokenizers.base import (CONFIG_NAME, WEIGHTS_NAME, ArchAliasesMixin, build_from_arch, check_state_dict, config_arch,
+                                  config_kwargs, finish, folder_of, is_own_folder, load_saved_folder, metadata_config,
+                                  plain, read_json, resolve_name, split_loading_kwargs)
+from mgen.tokenizers.checks import check_images, check_latents
 from mgen.tokenizers.ldm_keys import LDMArch, infer_ldm_arch, ldm_to_diffusers
-
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-CONFIG_NAME = "config.json"
+from mgen.tokenizers.lightning import load_lightning_checkpoint
+from mgen.tokenizers.training import _train_settings, adversarial_loss, attach_discriminator
 MAR_KL16_SCALING = 0.2325  # LTH14/mar engine_mar.py
 MAR_KL16_ARCH = dict(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, z_channels=16)  # LTH14/mar models/vae.py
 
 
-def check_images(x: Any, channels: int, stride: int, what: str = "images") -> torch.Tensor:
-    """Validate a ``B×C×H×W`` float batch in [-1, 1]: channel count, sizes divisible by ``stride``, finite."""
-    if not torch.is_tensor(x):
-        raise UserError(f"{what}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise UserError(f"{what}: expected a B×{channels}×H×W tensor, got shape {tuple(x.shape)}")
-    if x.shape[1] != channels:
-        raise UserError(f"{what}: expected {channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-    if x.shape[2] % stride or x.shape[3] % stride or x.shape[2] == 0 or x.shape[3] == 0:
-        raise UserError(f"{what}: height and width must be positive multiples of the stride {stride}, got {tuple(x.shape[2:])}")
-    if not x.is_floating_point():
-        raise UserError(f"{what}: expected a floating-point tensor in [-1, 1], got {x.dtype}")
-    if not torch.isfinite(x).all():
-        raise UserError(f"{what}: contains NaN or infinite values")
-    return x
+#: diffusers ``AutoencoderKL`` config fields (diffusers 0.3x–0.4x): KLTokenizer's config uses the same names, so
+#: its saved folder is also a diffusers ``AutoencoderKL`` folder (same config fields, same parameter names).
+AUTOENCODER_KL_FIELDS = ("in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
+                         "layers_per_block", "act_fn", "latent_channels", "norm_num_groups", "sample_size",
+                         "scaling_factor", "shift_factor", "latents_mean", "latents_std", "force_upcast",
+                         "use_quant_conv", "use_post_quant_conv", "mid_block_add_attention")
+#: the LDM spelling of the architecture (configs/kl16.yaml, kl-digits.yaml): accepted by ``__init__``, converted
+#: to the diffusers fields by :func:`arch_from_mapping` and not stored.
+LDM_ALIASES = ("ch", "ch_mult", "num_res_blocks", "z_channels", "embed_dim", "resolution", "attn_resolutions",
+               "decoder_attn_resolutions", "out_ch", "double_z", "dropout")
 
 
-def check_latents(z: Any, channels: int, what: str = "latents") -> torch.Tensor:
-    if not torch.is_tensor(z) or z.dim() != 4:
-        raise UserError(f"{what}: expected a B×{channels}×h×w tensor, got {getattr(z, 'shape', type(z).__name__)}")
-    if z.shape[1] != channels:
-        raise UserError(f"{what}: expected {channels} latent channels, got {z.shape[1]}")
-    if not z.is_floating_point() or not torch.isfinite(z).all():
-        raise UserError(f"{what}: must be a finite floating-point tensor")
-    return z
+def looks_like(state_dict: Mapping[str, Any]) -> bool:
+    """Whether a bare state dict is an official LDM / MAR KL autoencoder (``kl16.ckpt``): LDM-layout names
+    (``encoder.down.*``), a ``quant_conv`` to 2× the latent channels (a Gaussian posterior), no codebook.
+    Pure key/shape inspection (contract item 6)."""
+    sd = state_dict
+    if "encoder.conv_in.weight" not in sd or "quant_conv.weight" not in sd or "quantize.embedding.weight" in sd:
+        return False
+    if not any(str(k).startswith("encoder.down.") for k in sd):
+        return False
+    try:
+        return int(sd["quant_conv.weight"].shape[0]) == 2 * int(sd["post_quant_conv.weight"].shape[1])
+    except (KeyError, AttributeError, IndexError, TypeError):
+        return False
 
 
-def _check_family(name: str, family: str, what: str) -> None:
-    """A registered name must belong to the tokenizer family that loads it (checked before weights are looked for)."""
-    from mgen import registry
-
-    if any(e.name == name for e in registry.list_models()):
-        entry = registry.get(name)
-        if entry.family != family:
-            raise UserError(f"{name} is a {entry.family!r} model, not {what}")
-
-
-def arch_from_mapping(arch: dict[str, Any]) -> dict[str, Any]:
-    """A diffusers ``AutoencoderKL`` config from a YAML ``arch`` mapping.
+def arch_from_mapping(arch: Mapping[str, Any]) -> dict[str, Any]:
+    """diffusers ``AutoencoderKL`` config fields from a YAML ``arch`` mapping.
 
     Either diffusers names (``block_out_channels``, ``latent_channels``, ...) or LDM names (``ch``,
     ``ch_mult``, ``num_res_blocks``, ``z_channels``/``embed_dim``, ``resolution``, ``attn_resolutions``
@@ -80,16 +78,16 @@ def arch_from_mapping(arch: dict[str, Any]) -> dict[str, Any]:
     arch = dict(arch)
     scaling = float(arch.pop("scaling_factor", 1.0))
     if "block_out_channels" in arch:
-        allowed = {"in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
-                   "layers_per_block", "latent_channels", "norm_num_groups", "sample_size", "shift_factor",
-                   "mid_block_add_attention", "force_upcast"}
+        allowed = set(AUTOENCODER_KL_FIELDS) - {"scaling_factor"}
         bad = set(arch) - allowed
         if bad:
             raise UserError(f"KL arch: unknown keys {sorted(bad)}")
         n = len(arch["block_out_channels"])
-        arch.setdefault("down_block_types", ["DownEncoderBlock2D"] * n)
-        arch.setdefault("up_block_types", ["UpDecoderBlock2D"] * n)
-        return {**arch, "scaling_factor": scaling}
+        if not arch.get("down_block_types"):
+            arch["down_block_types"] = ["DownEncoderBlock2D"] * n
+        if not arch.get("up_block_types"):
+            arch["up_block_types"] = ["UpDecoderBlock2D"] * n
+        return plain({**arch, "scaling_factor": scaling})
     allowed = {"ch", "ch_mult", "num_res_blocks", "z_channels", "embed_dim", "resolution", "attn_resolutions",
                "decoder_attn_resolutions", "in_channels", "out_ch", "double_z", "dropout", "norm_num_groups"}
     bad = set(arch) - allowed
@@ -102,78 +100,140 @@ def arch_from_mapping(arch: dict[str, Any]) -> dict[str, Any]:
         raise UserError(f"KL arch: missing or bad {e}") from None
     if int(arch.get("embed_dim", z)) != z:
         raise UserError("KL arch: embed_dim must equal z_channels (diffusers' AutoencoderKL has one latent width)")
+    if arch.get("double_z", True) is False:
+        raise UserError("KL arch: double_z must be true (a KL autoencoder predicts mean and log-variance)")
+    if float(arch.get("dropout", 0.0) or 0.0) != 0.0:
+        raise UserError("KL arch: dropout must be 0 (diffusers' AutoencoderKL has none)")
     res = int(arch.get("resolution", 256))
-    enc_res = set(arch.get("attn_resolutions", ()))
-    dec_res = set(arch.get("decoder_attn_resolutions", enc_res))
+    enc_res = set(arch.get("attn_resolutions", ()) or ())
+    dec_res = set(arch.get("decoder_attn_resolutions", enc_res) or ())
     n = len(ch_mult)
     ldm = LDMArch(int(arch.get("in_channels", 3)), int(arch.get("out_ch", 3)), ch, ch_mult, nrb, z, z,
                   tuple(i for i in range(n) if res // 2**i in enc_res), tuple(i for i in range(n) if res // 2**i in dec_res))
     cfg = ldm.diffusers_config()
     cfg["norm_num_groups"] = int(arch.get("norm_num_groups", 32))
-    return {**cfg, "latent_channels": z, "sample_size": res, "scaling_factor": scaling}
+    return plain({**cfg, "latent_channels": z, "sample_size": res, "scaling_factor": scaling})
 
 
-class KLTokenizer(nn.Module):
+class KLTokenizer(ArchAliasesMixin, ModelMixin, ConfigMixin):
     """Continuous tokenizer: images in [-1, 1] ↔ unscaled latents of a diagonal-Gaussian VAE.
 
     ``encode(x)`` returns the posterior mean μ(x) (unscaled); ``encode(x, sample=True, generator=g)``
     returns μ + σ·ε with ε drawn from ``g``; ``decode(z)`` maps unscaled latents to images in [-1, 1];
     generators see ``z * scaling_factor``.
+
+    The config fields are diffusers' ``AutoencoderKL`` fields and the modules are its ``encoder``,
+    ``quant_conv``, ``post_quant_conv`` and ``decoder`` (same parameter names), so the folder
+    :meth:`save_pretrained` writes also loads with ``diffusers.AutoencoderKL.from_pretrained``. ``__init__`` also
+    takes the LDM spelling of the architecture (``ch``, ``ch_mult``, ``num_res_blocks``, ``z_channels``, ...: see
+    :func:`arch_from_mapping`), which it converts to the diffusers fields it stores. Under ``.to(torch.bfloat16)``
+    the convolutions run in bf16; the posterior arithmetic (log-variance clamp, σ·ε) is float32 and ``encode`` /
+    ``decode`` return float32.
     """
 
-    def __init__(self, vae: nn.Module, scaling_factor: float | None = None) -> None:
+    config_name = CONFIG_NAME
+    ignore_for_config = list(LDM_ALIASES)
+
+    @register_to_config
+    def __init__(self, in_channels: int = 3, out_channels: int = 3, down_block_types: Sequence[str] | None = None,
+                 up_block_types: Sequence[str] | None = None, block_out_channels: Sequence[int] = (64,),
+                 layers_per_block: int = 1, act_fn: str = "silu", latent_channels: int = 4, norm_num_groups: int = 32,
+                 sample_size: int = 32, scaling_factor: float = 1.0, shift_factor: float | None = None,
+                 latents_mean: Sequence[float] | None = None, latents_std: Sequence[float] | None = None,
+                 force_upcast: bool = True, use_quant_conv: bool = True, use_post_quant_conv: bool = True,
+                 mid_block_add_attention: bool = True, *, ch: int | None = None, ch_mult: Sequence[int] | None = None,
+                 num_res_blocks: int | None = None, z_channels: int | None = None, embed_dim: int | None = None,
+                 resolution: int | None = None, attn_resolutions: Sequence[int] | None = None,
+                 decoder_attn_resolutions: Sequence[int] | None = None, out_ch: int | None = None,
+                 double_z: bool | None = None, dropout: float | None = None) -> None:
         super().__init__()
+        from diffusers import AutoencoderKL
+
         from mgen.tokenizers.diffusers_attention import use_mgen_attention
 
-        self.vae = use_mgen_attention(vae)
-        self.scaling_factor = float(vae.config.scaling_factor if scaling_factor is None else scaling_factor)
+        given = dict(zip(LDM_ALIASES, (ch, ch_mult, num_res_blocks, z_channels, embed_dim, resolution, attn_resolutions,
+                                       decoder_attn_resolutions, out_ch, double_z, dropout)))
+        given = {k: v for k, v in given.items() if v is not None}
+        explicit = {k for k in AUTOENCODER_KL_FIELDS} - set(self.config.get("_use_default_values", []))
+        if given:  # the LDM spelling: convert and store the diffusers fields instead
+            clash = explicit - {"in_channels", "norm_num_groups", "scaling_factor"}
+            if clash:
+                raise UserError(f"KL arch: use either the LDM names {sorted(given)} or the diffusers names "
+                                f"{sorted(clash)}, not both")
+            ldm = {**given, "in_channels": in_channels, "scaling_factor": scaling_factor}
+            if "norm_num_groups" in explicit:
+                ldm["norm_num_groups"] = norm_num_groups
+            cfg = arch_from_mapping(ldm)
+            self.register_to_config(**cfg, _use_default_values=[k for k in self.config.get("_use_default_values", [])
+                                                                if k not in cfg])
+        n = len(self.config.block_out_channels)
+        fields = {k: plain(self.config[k]) for k in AUTOENCODER_KL_FIELDS}
+        if not fields["down_block_types"] or not fields["up_block_types"]:
+            fields["down_block_types"] = fields["down_block_types"] or ["DownEncoderBlock2D"] * n
+            fields["up_block_types"] = fields["up_block_types"] or ["UpDecoderBlock2D"] * n
+            self.register_to_config(down_block_types=fields["down_block_types"], up_block_types=fields["up_block_types"])
+        try:
+            vae = AutoencoderKL(**fields)
+        except (TypeError, ValueError, AttributeError) as e:
+            raise UserError(f"bad AutoencoderKL config: {e}") from None
+        # diffusers' module names, so the state dict is an AutoencoderKL state dict
+        self.encoder, self.decoder = vae.encoder, vae.decoder
+        self.quant_conv, self.post_quant_conv = vae.quant_conv, vae.post_quant_conv
+        use_mgen_attention(self)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "KLTokenizer":
-        """Random weights from a diffusers ``AutoencoderKL`` config or an mgen YAML ``arch`` mapping."""
-        from diffusers import AutoencoderKL
-
-        cfg = dict(config)
-        if "ch" in cfg or ("block_out_channels" in cfg and "_class_name" not in cfg):
-            cfg = arch_from_mapping(cfg)
-        cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-        try:
-            vae = AutoencoderKL.from_config(cfg)
-        except (TypeError, ValueError) as e:
-            raise UserError(f"bad AutoencoderKL config: {e}") from None
-        return cls(vae)
+    def from_arch(cls, arch: Mapping[str, Any]) -> "KLTokenizer":
+        """Random weights from a registry ``arch`` mapping (diffusers or LDM names); unknown keys: ``UserError``."""
+        return build_from_arch(cls, arch, "KL")
 
     @classmethod
-    def from_pretrained(cls, path_or_name: str | Path, scaling_factor: float | None = None) -> "KLTokenizer":
-        """Load MAR's official ``kl16.ckpt`` (LDM layout), a diffusers ``AutoencoderKL`` folder, an mgen
-        ``save_pretrained`` folder or single ``.safetensors`` file, or a registered name (``kl16``,
-        ``sd-vae-ft-ema``, ``kl-digits``). ``scaling_factor`` overrides the stored/default one."""
-        from mgen import hub
+    def from_vae(cls, vae: nn.Module, scaling_factor: float | None = None) -> "KLTokenizer":
+        """A tokenizer holding a copy of the weights of a diffusers ``AutoencoderKL`` instance."""
+        tok = cls(**config_kwargs(cls, dict(vae.config)))
+        sd = vae.state_dict()
+        check_state_dict(tok.state_dict(), sd, "AutoencoderKL", "AutoencoderKL")
+        tok.load_state_dict({k: v.float() for k, v in sd.items()})
+        if scaling_factor is not None:
+            tok.scaling_factor = scaling_factor
+        return tok.eval()
 
-        entry = None
-        p = Path(path_or_name).expanduser()
+    @classmethod
+    def from_pretrained(cls, path_or_name: str | os.PathLike, config: Any = None, scaling_factor: float | None = None,
+                        **kwargs: Any) -> "KLTokenizer":
+        """Load a folder written by :meth:`save_pretrained` (diffusers' loader), MAR's official ``kl16.ckpt`` (LDM
+        layout), a diffusers ``AutoencoderKL`` folder, an mgen single ``.safetensors`` file (config in its
+        metadata, as the shipped ``kl-digits``), or a registered name (``kl16``, ``sd-vae-ft-ema``, ``kl-digits``).
+
+        ``config``: a registry name, YAML file or arch mapping whose ``scaling_factor`` applies to a bare file;
+        ``scaling_factor`` overrides the stored/default one; ``torch_dtype`` and diffusers' other loading
+        arguments are accepted (the latter are used for a saved folder)."""
+        dtype, rest = split_loading_kwargs(kwargs, cls.__name__)
+        arch = config_arch(config, cls, "a KL tokenizer")
+        p = Path(os.fspath(path_or_name)).expanduser()
         if not p.exists():
-            _check_family(str(path_or_name), "kl", "a KL tokenizer")
-            resolved = hub.resolve(str(path_or_name), what="tokenizer weights")
-            entry, p = resolved.entry, resolved.path
-        if scaling_factor is None and entry is not None and "scaling_factor" in entry.arch:
-            scaling_factor = float(entry.arch["scaling_factor"])
-        if p.is_dir():
-            return cls._from_folder(p, scaling_factor)
-        if p.name == WEIGHTS_NAME and (p.parent / CONFIG_NAME).is_file():
-            return cls._from_folder(p.parent, scaling_factor)
-        return cls._from_file(p, scaling_factor)
+            entry, p = resolve_name(str(path_or_name), cls, "a KL tokenizer")
+            arch = arch if arch is not None else dict(entry.arch)
+        if scaling_factor is None and arch is not None and "scaling_factor" in arch:
+            scaling_factor = float(arch["scaling_factor"])
+        folder = folder_of(p)
+        if folder is not None and is_own_folder(folder, cls):
+            tok = load_saved_folder(cls, folder, rest)
+        elif folder is not None:
+            tok = cls._from_folder(folder)
+        else:
+            tok = cls._from_file(p, scaling_factor)
+        if scaling_factor is not None:
+            tok.scaling_factor = scaling_factor
+        return finish(tok, dtype)
 
     @classmethod
-    def _from_folder(cls, folder: Path, scaling_factor: float | None) -> "KLTokenizer":
+    def _from_folder(cls, folder: Path) -> "KLTokenizer":
+        """A diffusers ``AutoencoderKL`` folder (or an older mgen folder, the same layout)."""
         cfg_path = folder / CONFIG_NAME
         if not cfg_path.is_file():
             raise WeightsError(f"{folder}: no {CONFIG_NAME} (expected a diffusers AutoencoderKL or mgen tokenizer folder)")
-        try:
-            config = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise WeightsError(f"{cfg_path}: not valid JSON ({e})") from None
+        config = read_json(cfg_path)
         if config.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
             raise WeightsError(f"{folder}: holds a {config.get('_class_name')}, not an AutoencoderKL")
         weights = [folder / n for n in (WEIGHTS_NAME, "diffusion_pytorch_model.bin", "model.safetensors")]
@@ -182,27 +242,21 @@ class KLTokenizer(nn.Module):
             raise WeightsError(f"{folder}: no weights file ({WEIGHTS_NAME})")
         from mgen.hub import load_checkpoint
 
-        return cls._build(config, load_checkpoint(found), scaling_factor, str(found))
+        return cls._build(_diffusers_defaults(config), load_checkpoint(found), str(found))
 
     @classmethod
     def _from_file(cls, path: Path, scaling_factor: float | None) -> "KLTokenizer":
         from mgen.hub import iter_state_dicts
-        from mgen.tokenizers.vq import load_lightning_checkpoint  # LDM's own KL checkpoints are Lightning files
 
-        ckpt = load_lightning_checkpoint(path)
-        config = None
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-            if "config" in meta:
-                config = json.loads(meta["config"])
+        ckpt = load_lightning_checkpoint(path)  # LDM's own KL checkpoints are Lightning files
+        config = metadata_config(path)
         sd = iter_state_dicts(ckpt, ("model", "state_dict", "model_ema")) or ckpt
-        if not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
             raise WeightsError(f"{path}: no state dict found (expected {{'model': state_dict}} or a flat dict of tensors)")
         if config is not None:
-            return cls._build(config, sd, scaling_factor, str(path))
+            if config.get("_class_name", "AutoencoderKL") not in ("AutoencoderKL", cls.__name__):
+                raise WeightsError(f"{path}: holds a {config.get('_class_name')}, not a KL tokenizer")
+            return cls._build(_diffusers_defaults(config), sd, str(path))
         if "encoder.conv_in.weight" in sd and any(k.startswith("encoder.down.") for k in sd):
             return cls._from_ldm_state_dict(sd, scaling_factor, str(path))
         raise WeightsError(f"{path}: neither an LDM autoencoder checkpoint (e.g. MAR's kl16.ckpt) nor an mgen "
@@ -218,83 +272,65 @@ class KLTokenizer(nn.Module):
         if scaling_factor is None:
             is_mar = (arch.ch, arch.ch_mult, arch.num_res_blocks, arch.z_channels) == tuple(MAR_KL16_ARCH.values())
             scaling_factor = MAR_KL16_SCALING if is_mar else 1.0
-        config = {**arch.diffusers_config(), "latent_channels": arch.z_channels,
+        config = {**plain(arch.diffusers_config()), "latent_channels": arch.z_channels,
                   "sample_size": 256, "scaling_factor": float(scaling_factor)}
-        return cls._build(config, ldm_to_diffusers(sd, len(arch.ch_mult), what=what), scaling_factor, what)
+        return cls._build(config, ldm_to_diffusers(sd, len(arch.ch_mult), what=what), what)
 
     @classmethod
-    def _build(cls, config: dict[str, Any], sd: dict[str, torch.Tensor], scaling_factor: float | None, what: str) -> "KLTokenizer":
-        tok = cls.from_config(config)
-        missing, unexpected = [], []
-        own = tok.vae.state_dict()
-        for k in own:
-            if k not in sd:
-                missing.append(k)
-        for k, v in sd.items():
-            if k not in own:
-                unexpected.append(k)
-            elif own[k].shape != v.shape:
-                raise WeightsError(f"{what}: {k} has shape {tuple(v.shape)}, the config expects {tuple(own[k].shape)}")
-        if missing or unexpected:
-            raise WeightsError(f"{what}: weights do not match the AutoencoderKL config (missing {missing[:3]}, "
-                               f"unexpected {unexpected[:3]})")
-        for k, v in sd.items():
-            if v.is_floating_point() and not torch.isfinite(v).all():
-                raise WeightsError(f"{what}: parameter {k} contains NaN or infinite values")
-        tok.vae.load_state_dict({k: v.float() for k, v in sd.items()})
-        if scaling_factor is not None:
-            tok.scaling_factor = float(scaling_factor)
+    def _build(cls, config: Mapping[str, Any], sd: Mapping[str, torch.Tensor], what: str) -> "KLTokenizer":
+        try:
+            tok = cls(**config_kwargs(cls, config))
+        except (TypeError, ValueError) as e:
+            if isinstance(e, UserError):
+                raise
+            raise WeightsError(f"{what}: bad AutoencoderKL config ({e})") from None
+        check_state_dict(tok.state_dict(), sd, what, "AutoencoderKL")
+        tok.load_state_dict({k: v.float() for k, v in sd.items()})
         return tok.eval()
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write ``config.json`` (diffusers ``AutoencoderKL`` config) + ``diffusion_pytorch_model.safetensors``.
-
-        The folder loads with :meth:`from_pretrained` and with ``diffusers.AutoencoderKL.from_pretrained``.
-        """
-        from mgen.hub import save_safetensors
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        config = self.config_dict()
-        save_safetensors(self.vae.state_dict(), d / WEIGHTS_NAME, metadata={"config": json.dumps(config), "format": "pt"})
-        tmp = d / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(config, indent=2))
-        tmp.replace(d / CONFIG_NAME)
-
-    def save_file(self, path: str | Path) -> None:
+    def save_file(self, path: str | os.PathLike) -> None:
         """One self-describing ``.safetensors`` file (config in its metadata), as shipped in ``mgen/weights``."""
         from mgen.hub import save_safetensors
 
-        save_safetensors(self.vae.state_dict(), path, metadata={"config": json.dumps(self.config_dict()), "format": "pt"})
+        save_safetensors(self.state_dict(), path, metadata={"config": json.dumps(self.config_dict()), "format": "pt"})
 
     def config_dict(self) -> dict[str, Any]:
-        cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(self.vae.config).items()}
-        cfg["_class_name"] = "AutoencoderKL"
-        cfg["scaling_factor"] = self.scaling_factor
+        """The stored config (diffusers ``AutoencoderKL`` fields) with ``_class_name``, as JSON data."""
+        cfg = {k: plain(v) for k, v in self.config.items() if not k.startswith("_")}
+        cfg["_class_name"] = type(self).__name__
         return cfg
 
     # -- properties -----------------------------------------------------------------------------
     @property
+    def scaling_factor(self) -> float:
+        """Generators see ``latent * scaling_factor`` (stored in the config)."""
+        return float(self.config.scaling_factor)
+
+    @scaling_factor.setter
+    def scaling_factor(self, value: float) -> None:
+        self.register_to_config(scaling_factor=float(value))
+
+    @property
     def stride(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return 2 ** (len(self.config.block_out_channels) - 1)
 
     @property
     def latent_channels(self) -> int:
-        return int(self.vae.config.latent_channels)
+        return int(self.config.latent_channels)
 
     @property
     def in_channels(self) -> int:
-        return int(self.vae.config.in_channels)
+        return int(self.config.in_channels)
 
     # -- Tokenizer protocol ---------------------------------------------------------------------
     def moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and log-variance (clamped to [-30, 20] as in LDM) of q(z|x)."""
+        """Posterior mean and log-variance (clamped to [-30, 20] as in LDM) of q(z|x), float32."""
         x = check_images(x, self.in_channels, self.stride)
-        param = next(self.vae.parameters())
-        h = self.vae.encoder(x.to(param.dtype))
-        if self.vae.quant_conv is not None:
-            h = self.vae.quant_conv(h)
-        mean, logvar = h.chunk(2, dim=1)
+        param = self.encoder.conv_in.weight
+        h = self.encoder(x.to(device=param.device, dtype=param.dtype))
+        if self.quant_conv is not None:
+            h = self.quant_conv(h)
+        mean, logvar = h.float().chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
     def encode(self, x: torch.Tensor, sample: bool = False,
@@ -315,19 +351,19 @@ class KLTokenizer(nn.Module):
         return mean + std * eps.to(mean.device)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Unscaled latents (B×C×h×w) → images, nominally in [-1, 1].
+        """Unscaled latents (B×C×h×w) → images, nominally in [-1, 1] (float32).
 
         Not clamped: the output equals the official LDM ``AutoencoderKL.decode`` (LTH14/mar ``models/vae.py``)
         and diffusers' ``AutoencoderKL.decode(z).sample``; the pipelines and image writers clamp."""
         return self.decode_raw(check_latents(z, self.latent_channels))
 
     def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
-        """The decoder output without clamping (what the official code returns)."""
-        param = next(self.vae.parameters())
-        z = z.to(param.dtype)
-        if self.vae.post_quant_conv is not None:
-            z = self.vae.post_quant_conv(z)
-        return self.vae.decoder(z)
+        """The decoder output without clamping (what the official code returns), float32."""
+        param = self.decoder.conv_in.weight
+        z = z.to(device=param.device, dtype=param.dtype)
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
+        return self.decoder(z).float()
 
     def forward(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None,
                 return_moments: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -343,10 +379,29 @@ class KLTokenizer(nn.Module):
         return (rec, mean, logvar) if return_moments else rec
 
 
-def convert_ldm_checkpoint(src: str | Path, out: str | Path, scaling_factor: float | None = None) -> None:
-    """`mgen convert kl16 SRC OUT`: an official LDM-layout checkpoint → an mgen/diffusers folder."""
+def _diffusers_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A diffusers ``AutoencoderKL`` config completed with diffusers' own defaults (e.g. scaling 0.18215), as
+    ``AutoencoderKL.from_pretrained`` would read it; an mgen config (``_class_name`` KLTokenizer) as it is."""
+    cfg = {k: v for k, v in config.items() if not str(k).startswith("_")}
+    if config.get("_class_name") == KLTokenizer.__name__:
+        return cfg
+    import inspect
+
+    from diffusers import AutoencoderKL
+
+    defaults = {n: p.default for n, p in inspect.signature(AutoencoderKL.__init__).parameters.items()
+                if n != "self" and p.default is not inspect.Parameter.empty}
+    used = set(config.get("_use_default_values", []))  # diffusers re-applies its defaults for these
+    return plain({**defaults, **{k: v for k, v in cfg.items() if k not in used}})
+
+
+def convert_ldm_checkpoint(src: str | os.PathLike, out: str | os.PathLike, scaling_factor: float | None = None,
+                           force: bool = False) -> None:
+    """`mgen convert kl16 SRC OUT`: an official LDM-layout checkpoint → a :class:`KLTokenizer` folder, built in a
+    temporary sibling and renamed into place (:func:`mgen.fileio.atomic_dir`; ``force`` replaces an mgen output)."""
     tok = KLTokenizer.from_pretrained(Path(src), scaling_factor=scaling_factor)
-    tok.save_pretrained(out)
+    with atomic_dir(out, force=force) as tmp:
+        tok.save_pretrained(tmp)
 
 
 # -- training ---------------------------------------------------------------------------------------
@@ -396,62 +451,39 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
-def _train_settings(entry: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split ``entry.train`` into the tokenizer's own settings and the shared TrainConfig's."""
-    own_keys = {"kl_weight", "recon", "image_size", "perceptual_weights", "perceptual_weight", "commit_weight",
-                "noise_tau", "encoder", "stats_samples", "mae_steps", "mae_lr", "mae_mask_ratio",
-                "disc_weight", "disc_start", "disc_layers", "disc_channels"}
-    own = {k: v for k, v in entry.train.items() if k in own_keys}
-    rest = {k: v for k, v in entry.train.items() if k not in own_keys}
-    return own, rest
+def build_kl_training(entry: Any, out_dir: str | None = None, max_steps: int | None = None,
+                      batch_size: int | None = None, seed: int | None = None) -> Any:
+    """The trainer of a KL tokenizer config (``mgen train --config configs/kl-*.yaml``) on the offline digits.
 
+    ``mgen.train`` sits above the tokenizers in the layers, so it is imported here, when a training run is built."""
+    from mgen.tokenizers.digits import digits_images
+    from mgen.train.trainer import TrainConfig, Trainer
 
-def attach_discriminator(model: nn.Module, own: dict[str, Any]) -> tuple[float, int]:
-    """With ``disc_weight`` > 0 in the train settings, register a PatchGAN as ``model.discriminator``
-    (so the shared trainer optimises and checkpoints it); returns (weight, start step)."""
-    weight = float(own.get("disc_weight", 0.0))
-    if weight > 0:
-        from mgen.tokenizers.patchgan import PatchDiscriminator
+    own, rest = _train_settings(entry)
+    cfg = TrainConfig.from_mapping(rest, out_dir=out_dir or f"runs/{entry.name}", max_steps=max_steps,
+                                   batch_size=batch_size, seed=seed)
+    torch.manual_seed(cfg.seed)
+    model = KLTokenizer.from_arch(entry.arch)
+    size = int(own.get("image_size", 16))
+    x_train, _ = digits_images("train", size=size, channels=model.in_channels)
+    x_test, _ = digits_images("test", size=size, channels=model.in_channels)
+    perceptual = None
+    if own.get("perceptual_weights"):
+        from mgen.tokenizers.lpips import LPIPS
 
-        model.discriminator = PatchDiscriminator(3, int(own.get("disc_channels", 64)), int(own.get("disc_layers", 3)))
-    return weight, int(own.get("disc_start", 0))
-
-
-def adversarial_loss(model: nn.Module, x: torch.Tensor, rec: torch.Tensor, weight: float, start: int) -> torch.Tensor | float:
-    disc = getattr(getattr(model, "module", model), "discriminator", None)  # (unwrap DDP)
-    if disc is None or weight <= 0:
-        return 0.0
-    from mgen.tokenizers.patchgan import adversarial_terms
-
-    return adversarial_terms(disc, x.float(), rec.float(), weight, start)
+        perceptual = LPIPS.from_file(own["perceptual_weights"])
+    disc_weight, disc_start = attach_discriminator(model, own)
+    task = KLTrainTask(model, kl_weight=float(own.get("kl_weight", 1e-6)), recon=own.get("recon", "l1"),
+                       perceptual=perceptual, perceptual_weight=float(own.get("perceptual_weight", 0.0)),
+                       preview=x_test[:16], disc_weight=disc_weight, disc_start=disc_start)
+    return Trainer(task, (x_train,), cfg)
 
 
 def _register() -> None:
+    """Until ``mgen.train.tasks`` reads the families table (``train=`` names :func:`build_kl_training`)."""
     from mgen.train.tasks import register
 
-    @register("kl")
-    def build(entry, out_dir=None, max_steps=None, batch_size=None, seed=None):
-        from mgen.tokenizers.digits import digits_images
-        from mgen.train.trainer import TrainConfig, Trainer
-
-        own, rest = _train_settings(entry)
-        cfg = TrainConfig.from_mapping(rest, out_dir=out_dir or f"runs/{entry.name}", max_steps=max_steps,
-                                       batch_size=batch_size, seed=seed)
-        torch.manual_seed(cfg.seed)
-        model = KLTokenizer.from_config(entry.arch)
-        size = int(own.get("image_size", 16))
-        x_train, _ = digits_images("train", size=size, channels=model.in_channels)
-        x_test, _ = digits_images("test", size=size, channels=model.in_channels)
-        perceptual = None
-        if own.get("perceptual_weights"):
-            from mgen.tokenizers.lpips import LPIPS
-
-            perceptual = LPIPS.from_file(own["perceptual_weights"])
-        disc_weight, disc_start = attach_discriminator(model, own)
-        task = KLTrainTask(model, kl_weight=float(own.get("kl_weight", 1e-6)), recon=own.get("recon", "l1"),
-                           perceptual=perceptual, perceptual_weight=float(own.get("perceptual_weight", 0.0)),
-                           preview=x_test[:16], disc_weight=disc_weight, disc_start=disc_start)
-        return Trainer(task, (x_train,), cfg)
+    register("kl")(build_kl_training)
 
 
 _register()

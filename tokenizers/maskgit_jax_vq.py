@@ -35,21 +35,34 @@ without a key mapping and :meth:`~MaskGITJaxVQTokenizer.save_pretrained` writes 
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from mgen import registry
 from mgen.errors import UserError, WeightsError
+from mgen.fileio import atomic_dir
+from mgen.hub import iter_state_dicts, load_checkpoint, save_safetensors
+from mgen.tokenizers.base import (CONFIG_NAME, WEIGHTS_NAME, ArchAliasesMixin, Float32Islands, build_from_arch,
+                                  check_state_dict, config_arch, finish, folder_of, is_own_folder, load_saved_folder,
+                                  metadata_config, read_json, registry_entry, resolve_name, split_loading_kwargs)
+from mgen.tokenizers.checks import check_images
+from mgen.tokenizers.lightning import load_lightning_checkpoint
 
 CLASS_NAME = "MaskGITJaxVQTokenizer"
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # the name the other mgen tokenizer folders use
 NETWORK = "maskgit-jax"  # the registry ``arch.network`` value that selects this tokenizer
+#: other spellings ``__init__`` accepts (the official YAML's and the registry's): checked, converted, not stored
+ALIASES = ("network", "embed_dim", "stride", "n_embed", "out_ch", "attn_resolutions", "pixel_range", "double_z",
+           "dropout")
 
 
 @dataclass(frozen=True)
@@ -240,109 +253,137 @@ class _Decoder(nn.Module):
         return self.conv_out(_swish(self.norm_out(h)))
 
 
+class _Embedding(Float32Islands, nn.Embedding):
+    """The codebook's ``nn.Embedding``: float32 under ``.to(torch.bfloat16)`` (the nearest-code search)."""
+
+    _fp32_tensors = ("weight",)
+
+
 class _Codebook(nn.Module):
     def __init__(self, num_codes: int, dim: int) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(num_codes, dim)
+        self.embedding = _Embedding(num_codes, dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / num_codes, 1.0 / num_codes)
 
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
         """argmin_k ‖z − e_k‖², expanded as ‖z‖² + ‖e_k‖² − 2 z·e_k in that order (taming's
-        ``VectorQuantizer2``, which ENAT uses), so near-ties break the same way as the reference."""
-        e = self.embedding.weight.to(flat.dtype)
+        ``VectorQuantizer2``, which ENAT uses), so near-ties break the same way as the reference; in float32."""
+        flat = flat.float()
+        e = self.embedding.weight.float()
         d = flat.pow(2).sum(dim=1, keepdim=True) + e.pow(2).sum(dim=1) - 2 * (flat @ e.t())
         return d.argmin(dim=1)
 
 
-class MaskGITJaxVQTokenizer(nn.Module):
-    """Discrete tokenizer: images in [-1, 1] ↔ code indices (B, H/16, W/16) of the MaskGIT (JAX) VQGAN."""
+def looks_like(state_dict: Mapping[str, Any]) -> bool:
+    """Whether a bare state dict is the official MaskGIT (JAX) VQGAN (``vqgan_jax_strongaug.ckpt``): taming-style
+    names, bias-free ``encoder.conv_in``, no ``quant_conv``, a ``quantize.embedding``. Pure key inspection."""
+    return is_maskgit_jax_state_dict(state_dict)
 
-    def __init__(self, config: MaskGITJaxVQConfig | dict[str, Any] | None = None) -> None:
+
+class MaskGITJaxVQTokenizer(ArchAliasesMixin, ModelMixin, ConfigMixin):
+    """Discrete tokenizer: images in [-1, 1] ↔ code indices (B, H/16, W/16) of the MaskGIT (JAX) VQGAN.
+
+    The config fields are those of :class:`MaskGITJaxVQConfig` (``self.arch``, validated); ``__init__`` also takes
+    the registry's / official YAML's spellings (``network``, ``embed_dim``, ``stride``, ``n_embed``, ``out_ch``, ...),
+    checked and not stored. Under ``.to(torch.bfloat16)`` the convolutions run in bf16, the codebook and the
+    nearest-code distances stay float32 and ``decode`` returns float32.
+    """
+
+    config_name = CONFIG_NAME
+    ignore_for_config = list(ALIASES)
+    _keep_in_fp32_modules = ["quantize"]
+    arch_network = NETWORK  # registry entries with ``arch.network: maskgit-jax`` name this class
+
+    @register_to_config
+    def __init__(self, in_channels: int = 3, out_channels: int = 3, ch: int = 128,
+                 ch_mult: Sequence[int] = (1, 1, 2, 2, 4), num_res_blocks: int = 2, z_channels: int = 256,
+                 codebook_size: int = 1024, resolution: int = 256, norm_num_groups: int = 32, *,
+                 network: str | None = None, embed_dim: int | None = None, stride: int | None = None,
+                 n_embed: int | None = None, out_ch: int | None = None, attn_resolutions: Any = None,
+                 pixel_range: Any = None, double_z: bool | None = None, dropout: float | None = None) -> None:
         super().__init__()
-        cfg = config if isinstance(config, MaskGITJaxVQConfig) else MaskGITJaxVQConfig.from_mapping(config or {})
-        self.config = cfg
+        names = [f.name for f in fields(MaskGITJaxVQConfig)]
+        unset = set(self.config.get("_use_default_values", []))
+        mapping: dict[str, Any] = {k: self.config[k] for k in names if k not in unset}
+        aliases = dict(zip(ALIASES, (network, embed_dim, stride, n_embed, out_ch, attn_resolutions, pixel_range,
+                                     double_z, dropout)))
+        for k, v in aliases.items():
+            if v is not None:
+                if k in ("n_embed", "out_ch") and {"n_embed": "codebook_size", "out_ch": "out_channels"}[k] in mapping:
+                    raise UserError(f"MaskGIT VQGAN config: give {k} or its mgen name, not both")
+                mapping[k] = v
+        cfg = MaskGITJaxVQConfig.from_mapping({**{k: self.config[k] for k in names}, **mapping})
+        self.arch = cfg
+        self.register_to_config(**cfg.to_dict(), _use_default_values=[])
         self.encoder = _Encoder(cfg)
         self.decoder = _Decoder(cfg)
         self.quantize = _Codebook(cfg.codebook_size, cfg.z_channels)
-        self.scaling_factor = 1.0  # discrete: generators see indices
 
     # -- properties -------------------------------------------------------------------------------
     @property
+    def scaling_factor(self) -> float:
+        return 1.0  # discrete: generators see indices
+
+    @property
     def codebook_size(self) -> int:
-        return self.config.codebook_size
+        return self.arch.codebook_size
 
     @property
     def stride(self) -> int:
-        return self.config.stride
+        return self.arch.stride
 
     @property
     def in_channels(self) -> int:
-        return self.config.in_channels
+        return self.arch.in_channels
 
     @property
     def image_size(self) -> int:
-        return self.config.resolution
+        return self.arch.resolution
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: MaskGITJaxVQConfig | dict[str, Any] | None = None) -> "MaskGITJaxVQTokenizer":
-        """Random weights (for tests and training from scratch)."""
-        return cls(config).eval()
+    def from_arch(cls, arch: Mapping[str, Any] | MaskGITJaxVQConfig | None = None) -> "MaskGITJaxVQTokenizer":
+        """Random weights from a registry ``arch`` mapping (or a :class:`MaskGITJaxVQConfig`)."""
+        if isinstance(arch, MaskGITJaxVQConfig):
+            arch = arch.to_dict()
+        return build_from_arch(cls, dict(arch or {}), "MaskGIT VQGAN").eval()
 
     @classmethod
-    def from_pretrained(cls, path_or_name: str | Path) -> "MaskGITJaxVQTokenizer":
+    def from_pretrained(cls, path_or_name: str | os.PathLike, config: Any = None,
+                        **kwargs: Any) -> "MaskGITJaxVQTokenizer":
         """Load the official ``vqgan_jax_strongaug.ckpt`` (a flat state dict or ``{"state_dict": ...}``, read
-        with mgen's safe loader), an mgen folder (``config.json`` + safetensors) or single ``.safetensors``
-        file written by :meth:`save_pretrained` / :meth:`save_file`, or the registered name ``maskgit-vqgan-jax``."""
-        from mgen import hub
-
-        p = Path(str(path_or_name)).expanduser()
+        with mgen's safe loader), a folder written by :meth:`save_pretrained` (diffusers' loader; older mgen folders
+        have the same layout), a single ``.safetensors`` file written by :meth:`save_file`, or the registered name
+        ``maskgit-vqgan-jax``. ``config`` is accepted for the resolver (the official file's shapes give the
+        architecture); ``torch_dtype`` is honoured."""
+        dtype, rest = split_loading_kwargs(kwargs, cls.__name__)
+        config_arch(config, cls, "the MaskGIT (JAX) VQGAN tokenizer")
+        p = Path(os.fspath(path_or_name)).expanduser()
         if not p.exists():
             check_registered(str(path_or_name))
-            p = hub.resolve(str(path_or_name), what="tokenizer weights").path
-        if p.is_dir():
-            return cls._from_folder(p)
-        if p.name == WEIGHTS_NAME and (p.parent / CONFIG_NAME).is_file():
-            return cls._from_folder(p.parent)
-        return cls._from_file(p)
-
-    @classmethod
-    def _from_folder(cls, folder: Path) -> "MaskGITJaxVQTokenizer":
-        from mgen.hub import load_checkpoint
-
-        cfg_path = folder / CONFIG_NAME
-        if not cfg_path.is_file():
-            raise WeightsError(f"{folder}: no {CONFIG_NAME} (expected a folder written by {CLASS_NAME}.save_pretrained)")
-        try:
-            config = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise WeightsError(f"{cfg_path}: not valid JSON ({e})") from None
-        if not isinstance(config, dict) or config.get("_class_name", CLASS_NAME) != CLASS_NAME:
-            raise WeightsError(f"{folder}: holds a {config.get('_class_name') if isinstance(config, dict) else '?'}, not a {CLASS_NAME}")
-        weights = folder / WEIGHTS_NAME
-        if not weights.is_file():
-            raise WeightsError(f"{folder}: no weights file ({WEIGHTS_NAME})")
-        return cls._build(MaskGITJaxVQConfig.from_mapping(config), load_checkpoint(weights), str(weights))
+            _, p = resolve_name(str(path_or_name), cls, "the MaskGIT (JAX) VQGAN tokenizer")
+        folder = folder_of(p)
+        if folder is not None:
+            if not (folder / CONFIG_NAME).is_file():
+                raise WeightsError(f"{folder}: no {CONFIG_NAME} (expected a folder written by {CLASS_NAME}.save_pretrained)")
+            cls_name = read_json(folder / CONFIG_NAME).get("_class_name", CLASS_NAME)
+            if cls_name != CLASS_NAME:
+                raise WeightsError(f"{folder}: holds a {cls_name}, not a {CLASS_NAME}")
+            tok = load_saved_folder(cls, folder, rest)
+        else:
+            tok = cls._from_file(p)
+        return finish(tok, dtype)
 
     @classmethod
     def _from_file(cls, path: Path) -> "MaskGITJaxVQTokenizer":
-        from mgen.hub import iter_state_dicts
-
         if path.suffix == ".safetensors":
-            from mgen.hub import load_checkpoint
-            from safetensors import safe_open
-
             sd = load_checkpoint(path)
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-            if "config" in meta:
-                config = json.loads(meta["config"])
+            config = metadata_config(path)
+            if config is not None:
                 if config.get("_class_name", CLASS_NAME) != CLASS_NAME:
                     raise WeightsError(f"{path}: holds a {config.get('_class_name')}, not a {CLASS_NAME}")
                 return cls._build(MaskGITJaxVQConfig.from_mapping(config), sd, str(path))
         else:
-            from mgen.tokenizers.vq import load_lightning_checkpoint  # the safe loader, Lightning-aware
-
             ckpt = load_lightning_checkpoint(path)
             sd = iter_state_dicts(ckpt, ("state_dict", "model")) or ckpt
         if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -352,7 +393,7 @@ class MaskGITJaxVQTokenizer(nn.Module):
 
     @classmethod
     def _build(cls, config: MaskGITJaxVQConfig, sd: dict[str, torch.Tensor], what: str) -> "MaskGITJaxVQTokenizer":
-        tok = cls(config)
+        tok = cls(**config.to_dict())
         own = tok.state_dict()
         missing = [k for k in own if k not in sd]
         unexpected = [k for k in sd if k not in own]
@@ -364,48 +405,29 @@ class MaskGITJaxVQTokenizer(nn.Module):
             raise WeightsError(f"{what}: weights do not match the MaskGIT (JAX) VQGAN (missing {missing[:3]}, "
                                f"unexpected {unexpected[:3]}){hint}")
         for k, v in sd.items():
-            if own[k].shape != v.shape:
-                raise WeightsError(f"{what}: {k} has shape {tuple(v.shape)}, the config expects {tuple(own[k].shape)}")
-            if not v.is_floating_point():
+            if torch.is_tensor(v) and not v.is_floating_point():
                 raise WeightsError(f"{what}: {k} is {v.dtype}, expected floating-point weights")
-            if not torch.isfinite(v).all():
-                raise WeightsError(f"{what}: parameter {k} contains NaN or infinite values")
+        check_state_dict(own, sd, what, "MaskGIT (JAX) VQGAN")
         tok.load_state_dict({k: v.float() for k, v in sd.items()})
         return tok.eval()
 
     # -- saving -----------------------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
-        return {"_class_name": CLASS_NAME, "network": NETWORK, **self.config.to_dict(), "pixel_range": [0, 1]}
+        return {"_class_name": CLASS_NAME, "network": NETWORK, **self.arch.to_dict(), "pixel_range": [0, 1]}
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """``config.json`` + ``diffusion_pytorch_model.safetensors`` (official key names, float32)."""
-        from mgen.hub import save_safetensors
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        cfg = self.config_dict()
-        save_safetensors(self.state_dict(), d / WEIGHTS_NAME, metadata={"config": json.dumps(cfg), "format": "pt"})
-        tmp = d / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(cfg, indent=2))
-        tmp.replace(d / CONFIG_NAME)
-
-    def save_file(self, path: str | Path) -> None:
+    def save_file(self, path: str | os.PathLike) -> None:
         """One self-describing ``.safetensors`` file (config in its metadata)."""
-        from mgen.hub import save_safetensors
-
         save_safetensors(self.state_dict(), path, metadata={"config": json.dumps(self.config_dict()), "format": "pt"})
 
     # -- Tokenizer protocol -----------------------------------------------------------------------
     def _check(self, x: Any) -> torch.Tensor:
-        from mgen.tokenizers.kl import check_images
-
         return check_images(x, self.in_channels, self.stride)
 
     def encode_latents_01(self, x01: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] → the encoder's continuous vectors (B, 256, h, w), before quantisation."""
         x01 = self._check(x01)
         param = self.encoder.conv_in.weight
-        return self.encoder(x01.to(device=param.device, dtype=param.dtype))
+        return self.encoder(x01.to(device=param.device, dtype=param.dtype)).float()
 
     def encode_01(self, x01: torch.Tensor) -> torch.Tensor:
         """Images in the network's own [0, 1] range → code indices (B, h, w) (official ``VQModel.encode``)."""
@@ -430,11 +452,12 @@ class MaskGITJaxVQTokenizer(nn.Module):
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """Code indices (B, h, w) → code vectors (B, 256, h, w)."""
         idx = self.check_indices(indices).to(self.quantize.embedding.weight.device)
-        return F.embedding(idx, self.quantize.embedding.weight).permute(0, 3, 1, 2).contiguous()
+        return F.embedding(idx, self.quantize.embedding.weight.float()).permute(0, 3, 1, 2).contiguous()
 
     def decode_01(self, indices: torch.Tensor) -> torch.Tensor:
         """Code indices → the network's raw output, nominally in [0, 1] (official ``VQModel.decode_code``)."""
-        return self.decoder(self.lookup(indices))
+        param = self.decoder.conv_in.weight
+        return self.decoder(self.lookup(indices).to(param.dtype)).float()
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """Code indices (B, h, w) → images, nominally in [-1, 1]; not clamped (pipelines and writers clamp)."""
@@ -442,41 +465,29 @@ class MaskGITJaxVQTokenizer(nn.Module):
 
 
 def check_registered(name: str) -> None:
-    """A registered name must be this tokenizer's config (family ``vq`` with ``arch.network: maskgit-jax``)."""
-    from mgen import registry
-    from mgen.tokenizers.kl import _check_family
-
-    what = "the MaskGIT (JAX) VQGAN tokenizer"
-    _check_family(name, "vq", what)
-    if any(e.name == name for e in registry.list_models()) and registry.get(name).arch.get("network") != NETWORK:
-        raise UserError(f"{name} is a VQ tokenizer of another network, not {what}")
+    """A registered name must be this tokenizer's config (its family's class, or ``arch.network: maskgit-jax``)."""
+    registry_entry(name, MaskGITJaxVQTokenizer, "the MaskGIT (JAX) VQGAN tokenizer")
 
 
-def is_maskgit_jax_tokenizer(spec: str | Path) -> bool:
-    """Whether a tokenizer name or path is this tokenizer: a registered name whose config has
-    ``arch.network: maskgit-jax``, a folder / ``.safetensors`` file saved by this class, or an official
-    checkpoint file in the MaskGIT (JAX) layout (read with the safe loader to look at its keys)."""
-    from mgen import registry
+def is_maskgit_jax_tokenizer(spec: str | os.PathLike) -> bool:
+    """Whether a tokenizer name or path is this tokenizer: a registered name whose config selects this class,
+    a folder / ``.safetensors`` file saved by this class, or an official checkpoint file in the MaskGIT (JAX)
+    layout (read with the safe loader to look at its keys)."""
+    from mgen.families import get_family
 
-    p = Path(str(spec)).expanduser()
+    p = Path(os.fspath(spec)).expanduser()
     if not p.exists():
         if not any(e.name == str(spec) for e in registry.list_models()):
             return False
         entry = registry.get(str(spec))
-        return entry.family == "vq" and entry.arch.get("network") == NETWORK
+        return (entry.arch.get("network") == NETWORK
+                or get_family(entry.family).model_class_name == CLASS_NAME)
     try:
         if p.is_dir():
             cfg = p / CONFIG_NAME
             return cfg.is_file() and json.loads(cfg.read_text()).get("_class_name") == CLASS_NAME
         if p.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(p), "pt") as f:
-                meta = (f.metadata() or {}).get("config", "{}")
-            return json.loads(meta).get("_class_name") == CLASS_NAME
-        from mgen.hub import iter_state_dicts
-        from mgen.tokenizers.vq import load_lightning_checkpoint
-
+            return (metadata_config(p) or {}).get("_class_name") == CLASS_NAME
         ckpt = load_lightning_checkpoint(p)
         return is_maskgit_jax_state_dict(iter_state_dicts(ckpt, ("state_dict", "model")) or ckpt)
     except (OSError, ValueError, AttributeError):  # unreadable: let the chosen loader report it
@@ -486,7 +497,7 @@ def is_maskgit_jax_tokenizer(spec: str | Path) -> bool:
 _DOWN_BLOCK = re.compile(r"^encoder\.down\.(\d+)\.block\.(\d+)\.conv1\.weight$")
 
 
-def is_maskgit_jax_state_dict(sd: dict[str, Any]) -> bool:
+def is_maskgit_jax_state_dict(sd: Mapping[str, Any]) -> bool:
     """True for the MaskGIT (JAX) VQGAN layout: taming-style names, bias-free ``encoder.conv_in``, no
     ``quant_conv``, a ``quantize.embedding``."""
     return ("encoder.conv_in.weight" in sd and "encoder.conv_in.bias" not in sd and "quantize.embedding.weight" in sd
@@ -527,6 +538,9 @@ def infer_config(sd: dict[str, torch.Tensor], what: str = "checkpoint") -> MaskG
         raise WeightsError(f"{what}: {e}") from None
 
 
-def convert_maskgit_jax_vqgan(src: str | Path, out: str | Path) -> None:
-    """`mgen convert maskgit-vqgan-jax SRC OUT`: ``vqgan_jax_strongaug.ckpt`` → an mgen safetensors folder."""
-    MaskGITJaxVQTokenizer.from_pretrained(Path(src)).save_pretrained(out)
+def convert_maskgit_jax_vqgan(src: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> None:
+    """`mgen convert maskgit-vqgan-jax SRC OUT`: ``vqgan_jax_strongaug.ckpt`` → a :class:`MaskGITJaxVQTokenizer`
+    folder, built in a temporary sibling and renamed into place (:func:`mgen.fileio.atomic_dir`)."""
+    tok = MaskGITJaxVQTokenizer.from_pretrained(Path(src))
+    with atomic_dir(out, force=force) as tmp:
+        tok.save_pretrained(tmp)

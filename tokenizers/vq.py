@@ -20,21 +20,37 @@ directly and taming/MaskGIT checkpoints load after the LDM key mapping of :mod:`
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from mgen.errors import UserError, WeightsError
-from mgen.tokenizers.kl import CONFIG_NAME, WEIGHTS_NAME, check_images
+from mgen.fileio import atomic_dir
+from mgen.tokenizers.base import (CONFIG_NAME, WEIGHTS_NAME, ArchAliasesMixin, Float32Islands, build_from_arch, check_state_dict,
+                                  config_arch, config_kwargs, finish, folder_of, is_own_folder, load_saved_folder,
+                                  metadata_config, plain, read_json, registry_entry, resolve_name, split_loading_kwargs)
+from mgen.tokenizers.checks import check_images
 from mgen.tokenizers.ldm_keys import LDMArch, infer_ldm_arch, ldm_to_diffusers
+from mgen.tokenizers.lightning import load_lightning_checkpoint
+from mgen.tokenizers.training import _train_settings, adversarial_loss, attach_discriminator
 
 QUANTIZER_KEY = "mgen_quantizer"  # extra entry in config.json with the options diffusers' quantiser lacks
 
 
-class VectorQuantizer(nn.Module):
+class _Codebook(Float32Islands, nn.Embedding):
+    """``nn.Embedding`` whose weight stays float32 under ``.to(torch.bfloat16)`` (the nearest-code search)."""
+
+    _fp32_tensors = ("weight",)
+
+
+class VectorQuantizer(Float32Islands, nn.Module):
     """Nearest-neighbour codebook with straight-through gradients.
 
     Options: ``l2_norm`` (compare and return l2-normalised codes and inputs, ViT-VQGAN §3.2), ``ema``
@@ -42,6 +58,8 @@ class VectorQuantizer(nn.Module):
     ``dead_threshold`` (codes whose EMA usage per step falls below it are restarted from random
     encoder outputs of the batch), ``beta`` (commitment weight of eq. 3).
     """
+
+    _fp32_tensors = ("usage", "cluster_size", "embed_sum")
 
     def __init__(self, num_codes: int, dim: int, beta: float = 0.25, l2_norm: bool = False, ema: bool = False,
                  ema_decay: float = 0.99, dead_threshold: float = 0.0, eps: float = 1e-5) -> None:
@@ -51,7 +69,7 @@ class VectorQuantizer(nn.Module):
         self.num_codes, self.dim, self.beta = int(num_codes), int(dim), float(beta)
         self.l2_norm, self.ema, self.ema_decay = bool(l2_norm), bool(ema), float(ema_decay)
         self.dead_threshold, self.eps = float(dead_threshold), float(eps)
-        self.embedding = nn.Embedding(self.num_codes, self.dim)
+        self.embedding = _Codebook(self.num_codes, self.dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / self.num_codes, 1.0 / self.num_codes)
         if self.ema:
             self.embedding.weight.requires_grad_(False)
@@ -68,11 +86,12 @@ class VectorQuantizer(nn.Module):
         return F.normalize(w, dim=-1) if self.l2_norm else w
 
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
-        """argmin_k ‖flat − e_k‖ over the codebook (eq. 2), as diffusers' quantiser computes it."""
-        codes = self.codes()
+        """argmin_k ‖flat − e_k‖ over the codebook (eq. 2), as diffusers' quantiser computes it (in float32)."""
+        codes = self.codes().float()
+        flat = flat.float()
         if self.l2_norm:
             flat = F.normalize(flat, dim=-1)
-        return torch.argmin(torch.cdist(flat, codes.to(flat.dtype)), dim=1)
+        return torch.argmin(torch.cdist(flat, codes), dim=1)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """Code indices (B, h, w) → code vectors (B, dim, h, w)."""
@@ -88,7 +107,7 @@ class VectorQuantizer(nn.Module):
         b, c, h, w = z.shape
         if c != self.dim:
             raise UserError(f"quantiser expects {self.dim} channels, got {c}")
-        flat = z.permute(0, 2, 3, 1).reshape(-1, c)
+        flat = z.float().permute(0, 2, 3, 1).reshape(-1, c)
         if self.l2_norm:
             flat = F.normalize(flat, dim=-1)
         idx = self.nearest(flat)
@@ -124,24 +143,106 @@ class VectorQuantizer(nn.Module):
                     self.embed_sum[dead] = fresh
 
 
-class VQTokenizer(nn.Module):
-    """Discrete tokenizer: images in [-1, 1] ↔ code indices (B, h, w) of a VQGAN."""
+#: diffusers ``VQModel`` config fields: VQTokenizer's config uses the same names (plus the quantiser options).
+VQMODEL_FIELDS = ("in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
+                  "layers_per_block", "act_fn", "latent_channels", "sample_size", "num_vq_embeddings", "norm_num_groups",
+                  "vq_embed_dim", "scaling_factor", "norm_type", "mid_block_add_attention", "lookup_from_codebook",
+                  "force_upcast")
+QUANTIZER_FIELDS = ("beta", "l2_norm", "ema", "ema_decay", "dead_threshold")
+#: the LDM / taming spelling of the architecture (configs/vq-digits.yaml, maskgit-vqgan.yaml): accepted by
+#: ``__init__``, converted by :func:`_arch_from_mapping`, not stored.
+LDM_ALIASES = ("ch", "ch_mult", "num_res_blocks", "z_channels", "embed_dim", "codebook_size", "resolution",
+               "attn_resolutions", "decoder_attn_resolutions", "out_ch", "stride")
+_TRAINING_BUFFERS = ("quantize.usage", "quantize.cluster_size", "quantize.embed_sum")
 
-    def __init__(self, vae: nn.Module, quantizer: VectorQuantizer | None = None) -> None:
+
+def looks_like(state_dict: Mapping[str, Any]) -> bool:
+    """Whether a bare state dict is a taming-transformers / valeoai MaskGIT VQGAN (``last.ckpt``): LDM-layout
+    names (``encoder.down.*``), a ``quant_conv`` and a ``quantize.embedding`` codebook (the MaskGIT (JAX) VQGAN
+    has no ``quant_conv``: :func:`mgen.tokenizers.maskgit_jax_vq.looks_like`). Pure key inspection."""
+    sd = state_dict
+    return ("quantize.embedding.weight" in sd and "quant_conv.weight" in sd and "encoder.conv_in.weight" in sd
+            and any(str(k).startswith("encoder.down.") for k in sd))
+
+
+class VQTokenizer(ArchAliasesMixin, ModelMixin, ConfigMixin):
+    """Discrete tokenizer: images in [-1, 1] ↔ code indices (B, h, w) of a VQGAN.
+
+    The config fields are diffusers' ``VQModel`` fields plus the quantiser options (``beta``, ``l2_norm``,
+    ``ema``, ``ema_decay``, ``dead_threshold``); the modules are ``VQModel``'s (``encoder``, ``quant_conv``,
+    ``quantize``, ``post_quant_conv``, ``decoder``, same parameter names). ``__init__`` also takes the LDM /
+    taming spelling of the architecture (``ch``, ``ch_mult``, ``codebook_size``, ...), converted to the stored
+    diffusers fields. Under ``.to(torch.bfloat16)`` the convolutions run in bf16 while the codebook and the
+    nearest-code distances stay float32; ``decode`` returns float32.
+    """
+
+    config_name = CONFIG_NAME
+    ignore_for_config = list(LDM_ALIASES)
+    _keep_in_fp32_modules = ["quantize"]
+
+    @register_to_config
+    def __init__(self, in_channels: int = 3, out_channels: int = 3, down_block_types: Sequence[str] | None = None,
+                 up_block_types: Sequence[str] | None = None, block_out_channels: Sequence[int] = (64,),
+                 layers_per_block: int = 1, act_fn: str = "silu", latent_channels: int = 3, sample_size: int = 32,
+                 num_vq_embeddings: int = 256, norm_num_groups: int = 32, vq_embed_dim: int | None = None,
+                 scaling_factor: float = 1.0, norm_type: str = "group", mid_block_add_attention: bool = True,
+                 lookup_from_codebook: bool = False, force_upcast: bool = False, beta: float = 0.25,
+                 l2_norm: bool = False, ema: bool = False, ema_decay: float = 0.99, dead_threshold: float = 0.0, *,
+                 ch: int | None = None, ch_mult: Sequence[int] | None = None, num_res_blocks: int | None = None,
+                 z_channels: int | None = None, embed_dim: int | None = None, codebook_size: int | None = None,
+                 resolution: int | None = None, attn_resolutions: Sequence[int] | None = None,
+                 decoder_attn_resolutions: Sequence[int] | None = None, out_ch: int | None = None,
+                 stride: int | None = None) -> None:
         super().__init__()
+        from diffusers import VQModel
+
         from mgen.tokenizers.diffusers_attention import use_mgen_attention
 
-        if quantizer is None:
-            old = vae.quantize
-            quantizer = VectorQuantizer(old.embedding.weight.shape[0], old.embedding.weight.shape[1])
-            quantizer.embedding.weight.data.copy_(old.embedding.weight.data)
-        vae.quantize = quantizer
-        self.vae = use_mgen_attention(vae)
-        self.scaling_factor = 1.0  # discrete: generators see indices
+        given = dict(zip(LDM_ALIASES, (ch, ch_mult, num_res_blocks, z_channels, embed_dim, codebook_size, resolution,
+                                       attn_resolutions, decoder_attn_resolutions, out_ch, stride)))
+        given = {k: v for k, v in given.items() if v is not None}
+        unset = list(self.config.get("_use_default_values", []))
+        explicit = set(VQMODEL_FIELDS) - set(unset)
+        if given:
+            clash = explicit - {"in_channels", "norm_num_groups"}
+            if clash:
+                raise UserError(f"VQ arch: use either the LDM names {sorted(given)} or the diffusers names "
+                                f"{sorted(clash)}, not both")
+            ldm = {**given, "in_channels": in_channels,
+                   **{k: self.config[k] for k in QUANTIZER_FIELDS if k not in unset}}
+            if "norm_num_groups" in explicit:
+                ldm["norm_num_groups"] = norm_num_groups
+            cfg = _arch_from_mapping(ldm)
+            qopts = cfg.pop(QUANTIZER_KEY)
+            cfg.update(qopts)
+            self.register_to_config(**cfg, _use_default_values=[k for k in unset if k not in cfg])
+        c = self.config
+        if c.norm_type != "group":
+            raise UserError("only norm_type 'group' VQModels are supported (not MoVQ's spatial norm)")
+        n = len(c.block_out_channels)
+        fields = {k: plain(c[k]) for k in VQMODEL_FIELDS}
+        if not fields["down_block_types"] or not fields["up_block_types"]:
+            fields["down_block_types"] = fields["down_block_types"] or ["DownEncoderBlock2D"] * n
+            fields["up_block_types"] = fields["up_block_types"] or ["UpDecoderBlock2D"] * n
+            self.register_to_config(down_block_types=fields["down_block_types"], up_block_types=fields["up_block_types"])
+        try:
+            vae = VQModel(**fields)
+        except (TypeError, ValueError, AttributeError) as e:
+            raise UserError(f"bad VQModel config: {e}") from None
+        k, d = vae.quantize.embedding.weight.shape
+        self.encoder, self.quant_conv = vae.encoder, vae.quant_conv
+        self.quantize = VectorQuantizer(k, d, beta=c.beta, l2_norm=c.l2_norm, ema=c.ema, ema_decay=c.ema_decay,
+                                        dead_threshold=c.dead_threshold)
+        self.post_quant_conv, self.decoder = vae.post_quant_conv, vae.decoder
+        use_mgen_attention(self)
 
     @property
     def quantizer(self) -> VectorQuantizer:
-        return self.vae.quantize
+        return self.quantize
+
+    @property
+    def scaling_factor(self) -> float:
+        return 1.0  # discrete: generators see indices
 
     @property
     def codebook_size(self) -> int:
@@ -149,87 +250,71 @@ class VQTokenizer(nn.Module):
 
     @property
     def stride(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return 2 ** (len(self.config.block_out_channels) - 1)
 
     @property
     def in_channels(self) -> int:
-        return int(self.vae.config.in_channels)
+        return int(self.config.in_channels)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "VQTokenizer":
-        """Random weights from a diffusers ``VQModel`` config (+ optional ``mgen_quantizer`` options) or an
-        mgen YAML ``arch`` mapping (LDM names + ``codebook_size``, ``embed_dim``, ``l2_norm``, ``ema``, ...)."""
-        from diffusers import VQModel
-
-        cfg = dict(config)
-        if "ch" in cfg:
-            cfg = _arch_from_mapping(cfg)
-        qopts = dict(cfg.pop(QUANTIZER_KEY, None) or {})
-        cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-        if cfg.get("norm_type", "group") != "group":
-            raise UserError("only norm_type 'group' VQModels are supported (not MoVQ's spatial norm)")
-        try:
-            vae = VQModel.from_config(cfg)
-        except (TypeError, ValueError) as e:
-            raise UserError(f"bad VQModel config: {e}") from None
-        k, d = vae.quantize.embedding.weight.shape
-        return cls(vae, VectorQuantizer(k, d, **qopts))
+    def from_arch(cls, arch: Mapping[str, Any]) -> "VQTokenizer":
+        """Random weights from a registry ``arch`` mapping (LDM names + codebook options, or diffusers names)."""
+        return build_from_arch(cls, arch, "VQ")
 
     @classmethod
-    def from_pretrained(cls, path_or_name: str | Path) -> "VQTokenizer":
-        """Load a diffusers ``VQModel`` folder, the valeoai/Maskgit-pytorch (taming) VQGAN ``last.ckpt``,
-        an mgen folder or single ``.safetensors`` file, or a registered name (``maskgit-vqgan``, ``vq-digits``)."""
-        from mgen import hub
-
-        p = Path(path_or_name).expanduser()
+    def from_pretrained(cls, path_or_name: str | os.PathLike, config: Any = None, **kwargs: Any) -> "VQTokenizer":
+        """Load a folder written by :meth:`save_pretrained` (diffusers' loader), a diffusers ``VQModel`` folder, the
+        valeoai/Maskgit-pytorch (taming) VQGAN ``last.ckpt``, an mgen single ``.safetensors`` file, or a registered
+        name (``maskgit-vqgan``, ``vq-digits``). ``config`` (a registry name, YAML or arch mapping) is accepted for
+        the resolver's sake; official files carry their architecture in their shapes. ``torch_dtype`` honoured."""
+        dtype, rest = split_loading_kwargs(kwargs, cls.__name__)
+        config_arch(config, cls, "a VQ tokenizer")
+        p = Path(os.fspath(path_or_name)).expanduser()
         if not p.exists():
-            from mgen.tokenizers.kl import _check_family
-
-            _check_family(str(path_or_name), "vq", "a VQ tokenizer")
-            p = hub.resolve(str(path_or_name), what="tokenizer weights").path
-        if p.is_dir():
-            return cls._from_folder(p)
-        if p.name == WEIGHTS_NAME and (p.parent / CONFIG_NAME).is_file():
-            return cls._from_folder(p.parent)
-        return cls._from_file(p)
+            entry = registry_entry(str(path_or_name), cls, "a VQ tokenizer")
+            if entry.arch.get("network") not in (None, "taming"):
+                raise UserError(f"{entry.name} is a VQ tokenizer of another network ({entry.arch['network']}), "
+                                "not a taming VQGAN")
+            _, p = resolve_name(str(path_or_name), cls, "a VQ tokenizer")
+        folder = folder_of(p)
+        if folder is not None and is_own_folder(folder, cls):
+            tok = load_saved_folder(cls, folder, rest)
+        elif folder is not None:
+            tok = cls._from_folder(folder)
+        else:
+            tok = cls._from_file(p)
+        return finish(tok, dtype)
 
     @classmethod
     def _from_folder(cls, folder: Path) -> "VQTokenizer":
+        """A diffusers ``VQModel`` folder (or an older mgen folder: the same layout + ``mgen_quantizer`` options)."""
         from mgen.hub import load_checkpoint
 
         cfg_path = folder / CONFIG_NAME
         if not cfg_path.is_file():
             raise WeightsError(f"{folder}: no {CONFIG_NAME} (expected a diffusers VQModel or mgen tokenizer folder)")
-        try:
-            config = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise WeightsError(f"{cfg_path}: not valid JSON ({e})") from None
+        config = read_json(cfg_path)
         if config.get("_class_name", "VQModel") != "VQModel":
             raise WeightsError(f"{folder}: holds a {config.get('_class_name')}, not a VQModel")
         found = next((w for w in (folder / WEIGHTS_NAME, folder / "diffusion_pytorch_model.bin") if w.is_file()), None)
         if found is None:
             raise WeightsError(f"{folder}: no weights file ({WEIGHTS_NAME})")
-        return cls._build(config, load_checkpoint(found), str(found))
+        return cls._build(_stored_config(config), load_checkpoint(found), str(found))
 
     @classmethod
     def _from_file(cls, path: Path) -> "VQTokenizer":
         from mgen.hub import iter_state_dicts
 
         ckpt = load_lightning_checkpoint(path)
-        config = None
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-            if "config" in meta:
-                config = json.loads(meta["config"])
+        config = metadata_config(path)
         sd = iter_state_dicts(ckpt, ("state_dict", "model")) or ckpt
-        if not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
             raise WeightsError(f"{path}: no state dict found (expected {{'state_dict': ...}} or a flat dict of tensors)")
         if config is not None:
-            return cls._build(config, sd, str(path))
+            if config.get("_class_name", "VQModel") not in ("VQModel", cls.__name__):
+                raise WeightsError(f"{path}: holds a {config.get('_class_name')}, not a VQ tokenizer")
+            return cls._build(_stored_config(config), sd, str(path))
         if "quantize.embedding.weight" in sd and any(k.startswith("encoder.down.") for k in sd):
             return cls._from_taming_state_dict(sd, str(path))
         raise WeightsError(f"{path}: neither a taming/MaskGIT VQGAN checkpoint nor an mgen tokenizer file; "
@@ -239,7 +324,7 @@ class VQTokenizer(nn.Module):
     def _from_taming_state_dict(cls, sd: dict[str, torch.Tensor], what: str) -> "VQTokenizer":
         arch = infer_ldm_arch(sd, what)
         k, d = sd["quantize.embedding.weight"].shape
-        config = {**arch.diffusers_config(), "latent_channels": arch.z_channels, "num_vq_embeddings": int(k),
+        config = {**plain(arch.diffusers_config()), "latent_channels": arch.z_channels, "num_vq_embeddings": int(k),
                   "vq_embed_dim": int(d), "sample_size": 256, "scaling_factor": 1.0}
         mapped = ldm_to_diffusers({n: v for n, v in sd.items() if not n.startswith("quantize.")}, len(arch.ch_mult),
                                   what=what)
@@ -247,59 +332,52 @@ class VQTokenizer(nn.Module):
         return cls._build(config, mapped, what)
 
     @classmethod
-    def _build(cls, config: dict[str, Any], sd: dict[str, torch.Tensor], what: str) -> "VQTokenizer":
-        tok = cls.from_config(config)
-        own = tok.vae.state_dict()
-        sd = dict(sd)
-        for extra in ("usage", "cluster_size", "embed_sum"):  # training state: optional in files
-            key = f"quantize.{extra}"
-            if key in own and key not in sd:
-                sd[key] = own[key]
-        missing = [k for k in own if k not in sd]
-        unexpected = [k for k in sd if k not in own]
-        if missing or unexpected:
-            raise WeightsError(f"{what}: weights do not match the VQModel config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-        for k, v in sd.items():
-            if own[k].shape != v.shape:
-                raise WeightsError(f"{what}: {k} has shape {tuple(v.shape)}, the config expects {tuple(own[k].shape)}")
-            if v.is_floating_point() and not torch.isfinite(v).all():
-                raise WeightsError(f"{what}: parameter {k} contains NaN or infinite values")
-        tok.vae.load_state_dict({k: v.float() for k, v in sd.items()})
+    def _build(cls, config: Mapping[str, Any], sd: Mapping[str, torch.Tensor], what: str) -> "VQTokenizer":
+        try:
+            tok = cls(**config_kwargs(cls, config))
+        except (TypeError, ValueError) as e:
+            if isinstance(e, UserError):
+                raise
+            raise WeightsError(f"{what}: bad VQModel config ({e})") from None
+        own = tok.state_dict()
+        check_state_dict(own, sd, what, "VQModel", optional=_TRAINING_BUFFERS)  # training state: optional in files
+        tok.load_state_dict({**{k: own[k] for k in _TRAINING_BUFFERS if k in own},
+                             **{k: v.float() for k, v in sd.items()}})
         return tok.eval()
 
+    def _sync_config(self) -> None:
+        """The quantiser options as they are now (they are plain attributes of the quantiser)."""
+        q = self.quantizer
+        self.register_to_config(beta=q.beta, l2_norm=q.l2_norm, ema=q.ema, ema_decay=q.ema_decay,
+                                dead_threshold=q.dead_threshold)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """diffusers' ``save_pretrained`` (``config.json`` + ``diffusion_pytorch_model.safetensors``), after
+        writing the quantiser's current options into the config."""
+        self._sync_config()
+        super().save_pretrained(save_directory, **kwargs)
+
     def config_dict(self) -> dict[str, Any]:
-        cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(self.vae.config).items()}
-        cfg["_class_name"] = "VQModel"
-        cfg[QUANTIZER_KEY] = self.quantizer.options()
+        self._sync_config()
+        cfg = {k: plain(v) for k, v in self.config.items() if not k.startswith("_")}
+        cfg["_class_name"] = type(self).__name__
         return cfg
 
     def inference_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.vae.state_dict().items()
-                if k not in ("quantize.usage", "quantize.cluster_size", "quantize.embed_sum")}
+        return {k: v for k, v in self.state_dict().items() if k not in _TRAINING_BUFFERS}
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """``config.json`` (diffusers ``VQModel`` config + ``mgen_quantizer``) + safetensors weights."""
-        from mgen.hub import save_safetensors
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        cfg = self.config_dict()
-        save_safetensors(self.inference_state_dict(), d / WEIGHTS_NAME, metadata={"config": json.dumps(cfg), "format": "pt"})
-        tmp = d / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(cfg, indent=2))
-        tmp.replace(d / CONFIG_NAME)
-
-    def save_file(self, path: str | Path) -> None:
+    def save_file(self, path: str | os.PathLike) -> None:
+        """One self-describing ``.safetensors`` file (config in its metadata), as shipped in ``mgen/weights``."""
         from mgen.hub import save_safetensors
 
         save_safetensors(self.inference_state_dict(), path, metadata={"config": json.dumps(self.config_dict()), "format": "pt"})
 
     # -- Tokenizer protocol ---------------------------------------------------------------------
     def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
-        """The continuous pre-quantisation latents (B, dim, h, w)."""
+        """The continuous pre-quantisation latents (B, dim, h, w), float32."""
         x = check_images(x, self.in_channels, self.stride)
-        param = next(self.vae.parameters())
-        return self.vae.quant_conv(self.vae.encoder(x.to(param.dtype)))
+        param = self.encoder.conv_in.weight
+        return self.quant_conv(self.encoder(x.to(device=param.device, dtype=param.dtype))).float()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (B, 3, H, W) → code indices, LongTensor (B, H/stride, W/stride)."""
@@ -316,16 +394,17 @@ class VQTokenizer(nn.Module):
         return indices.long()
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Quantised code vectors (B, dim, h, w) → raw decoder output (not clamped)."""
-        return self.vae.decoder(self.vae.post_quant_conv(codes))
+        """Quantised code vectors (B, dim, h, w) → raw decoder output (not clamped), float32."""
+        param = self.post_quant_conv.weight
+        return self.decoder(self.post_quant_conv(codes.to(device=param.device, dtype=param.dtype))).float()
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """Code indices (B, h, w) → images, nominally in [-1, 1].
 
         Not clamped: the output equals taming's ``VQModel.decode_code`` and diffusers' ``VQModel.decode``
         on the same weights; the pipelines and image writers clamp."""
-        codes = self.quantizer.lookup(self.check_indices(indices))
-        return self.decode_codes(codes)
+        idx = self.check_indices(indices).to(self.quantizer.embedding.weight.device)
+        return self.decode_codes(self.quantizer.lookup(idx))
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -334,7 +413,24 @@ class VQTokenizer(nn.Module):
         return self.decode_codes(q), loss, idx
 
 
-def _arch_from_mapping(arch: dict[str, Any]) -> dict[str, Any]:
+def _stored_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A diffusers ``VQModel`` / older mgen config as VQTokenizer fields (diffusers' defaults where unset, the
+    ``mgen_quantizer`` options of older mgen files as the quantiser fields)."""
+    cfg = {k: v for k, v in config.items() if not str(k).startswith("_")}
+    qopts = dict(cfg.pop(QUANTIZER_KEY, None) or {})
+    if config.get("_class_name") == VQTokenizer.__name__:
+        return {**cfg, **qopts}
+    import inspect
+
+    from diffusers import VQModel
+
+    defaults = {n: p.default for n, p in inspect.signature(VQModel.__init__).parameters.items()
+                if n != "self" and p.default is not inspect.Parameter.empty}
+    used = set(config.get("_use_default_values", []))
+    return plain({**defaults, **{k: v for k, v in cfg.items() if k not in used}, **qopts})
+
+
+def _arch_from_mapping(arch: Mapping[str, Any]) -> dict[str, Any]:
     """A diffusers ``VQModel`` config (+ quantiser options) from a YAML ``arch`` mapping with LDM names."""
     arch = dict(arch)
     allowed = {"ch", "ch_mult", "num_res_blocks", "z_channels", "embed_dim", "codebook_size", "resolution",
@@ -358,53 +454,17 @@ def _arch_from_mapping(arch: dict[str, Any]) -> dict[str, Any]:
         raise UserError(f"VQ arch: stride {arch['stride']} does not match ch_mult (stride {2 ** (n - 1)})")
     cfg = ldm.diffusers_config()
     cfg["norm_num_groups"] = int(arch.get("norm_num_groups", 32))
-    q = {key: arch[key] for key in ("beta", "l2_norm", "ema", "ema_decay", "dead_threshold") if key in arch}
-    return {**cfg, "latent_channels": z, "num_vq_embeddings": k, "vq_embed_dim": ldm.embed_dim, "sample_size": res,
-            "scaling_factor": 1.0, QUANTIZER_KEY: q}
+    q = {key: arch[key] for key in QUANTIZER_FIELDS if key in arch}
+    return {**plain(cfg), "latent_channels": z, "num_vq_embeddings": k, "vq_embed_dim": ldm.embed_dim,
+            "sample_size": res, "scaling_factor": 1.0, QUANTIZER_KEY: q}
 
 
-class _Placeholder:
-    """Stands in for pytorch-lightning objects (callbacks, enums) pickled next to a checkpoint's tensors."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        pass
-
-
-def load_lightning_checkpoint(path: str | Path) -> dict[str, Any]:
-    """:func:`mgen.hub.load_checkpoint`, also for PyTorch-Lightning ``.ckpt`` files such as taming's VQGAN
-    ``last.ckpt``: globals under ``pytorch_lightning.`` / ``lightning.`` (callback state next to the weights)
-    are read as inert placeholders; any other non-allow-listed global is still refused."""
-    from mgen.hub import load_checkpoint, safe_globals
-
-    try:
-        return load_checkpoint(path)
-    except WeightsError as first:
-        if "refused" not in str(first):
-            raise
-        try:
-            names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        except Exception:
-            raise first from None
-        allowed = {f"{g.__module__}.{g.__qualname__}" for g in safe_globals()}
-        extra = [n for n in names if n not in allowed]
-        if not extra or not all(n.startswith(("pytorch_lightning.", "lightning.", "lightning_fabric.")) for n in extra):
-            raise first from None
-        try:
-            with torch.serialization.safe_globals([*safe_globals(), *[(_Placeholder, n) for n in extra]]):
-                obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any failure here means the file is not usable
-            raise WeightsError(f"{path}: could not read the Lightning checkpoint ({str(e).splitlines()[0]})") from None
-        if not isinstance(obj, dict):
-            raise WeightsError(f"{path}: expected a checkpoint dict, found {type(obj).__name__}")
-        return obj
-
-
-def convert_maskgit_vqgan(src: str | Path, out: str | Path) -> None:
-    """`mgen convert maskgit-vqgan SRC OUT`: the taming/MaskGIT VQGAN ``last.ckpt`` → an mgen/diffusers folder."""
-    VQTokenizer.from_pretrained(Path(src)).save_pretrained(out)
+def convert_maskgit_vqgan(src: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> None:
+    """`mgen convert maskgit-vqgan SRC OUT`: the taming/MaskGIT VQGAN ``last.ckpt`` → a :class:`VQTokenizer` folder,
+    built in a temporary sibling and renamed into place (:func:`mgen.fileio.atomic_dir`)."""
+    tok = VQTokenizer.from_pretrained(Path(src))
+    with atomic_dir(out, force=force) as tmp:
+        tok.save_pretrained(tmp)
 
 
 # -- training ---------------------------------------------------------------------------------------
@@ -430,8 +490,6 @@ class VQTrainTask:
         loss = (err.abs().mean() if self.recon == "l1" else err.pow(2).mean()) + vq_loss.float()
         if self.perceptual is not None and self.perceptual_weight > 0:
             loss = loss + self.perceptual_weight * self.perceptual.to(x.device)(rec.float(), x.float()).mean()
-        from mgen.tokenizers.kl import adversarial_loss
-
         return loss + adversarial_loss(model, x, rec, self.disc_weight, self.disc_start)
 
     @torch.no_grad()
@@ -441,35 +499,38 @@ class VQTrainTask:
         return torch.stack([x, rec], dim=1).reshape(-1, *x.shape[1:]).float().cpu()
 
 
+def build_vq_training(entry: Any, out_dir: str | None = None, max_steps: int | None = None,
+                      batch_size: int | None = None, seed: int | None = None) -> Any:
+    """The trainer of a VQ tokenizer config on the offline digits (``mgen.train`` is imported here: it sits
+    above the tokenizers in the layers)."""
+    from mgen.tokenizers.digits import digits_images
+    from mgen.train.trainer import TrainConfig, Trainer
+
+    own, rest = _train_settings(entry)
+    cfg = TrainConfig.from_mapping(rest, out_dir=out_dir or f"runs/{entry.name}", max_steps=max_steps,
+                                   batch_size=batch_size, seed=seed)
+    torch.manual_seed(cfg.seed)
+    model = VQTokenizer.from_arch(entry.arch)
+    size = int(own.get("image_size", 16))
+    x_train, _ = digits_images("train", size=size, channels=model.in_channels)
+    x_test, _ = digits_images("test", size=size, channels=model.in_channels)
+    perceptual = None
+    if own.get("perceptual_weights"):
+        from mgen.tokenizers.lpips import LPIPS
+
+        perceptual = LPIPS.from_file(own["perceptual_weights"])
+    disc_weight, disc_start = attach_discriminator(model, own)
+    task = VQTrainTask(model, recon=own.get("recon", "l1"), perceptual=perceptual,
+                       perceptual_weight=float(own.get("perceptual_weight", 0.0)), preview=x_test[:16],
+                       disc_weight=disc_weight, disc_start=disc_start)
+    return Trainer(task, (x_train,), cfg)
+
+
 def _register() -> None:
+    """Until ``mgen.train.tasks`` reads the families table (``train=`` names :func:`build_vq_training`)."""
     from mgen.train.tasks import register
 
-    @register("vq")
-    def build(entry, out_dir=None, max_steps=None, batch_size=None, seed=None):
-        from mgen.tokenizers.digits import digits_images
-        from mgen.tokenizers.kl import _train_settings
-        from mgen.train.trainer import TrainConfig, Trainer
-
-        own, rest = _train_settings(entry)
-        cfg = TrainConfig.from_mapping(rest, out_dir=out_dir or f"runs/{entry.name}", max_steps=max_steps,
-                                       batch_size=batch_size, seed=seed)
-        torch.manual_seed(cfg.seed)
-        model = VQTokenizer.from_config(entry.arch)
-        size = int(own.get("image_size", 16))
-        x_train, _ = digits_images("train", size=size, channels=model.in_channels)
-        x_test, _ = digits_images("test", size=size, channels=model.in_channels)
-        perceptual = None
-        if own.get("perceptual_weights"):
-            from mgen.tokenizers.lpips import LPIPS
-
-            perceptual = LPIPS.from_file(own["perceptual_weights"])
-        from mgen.tokenizers.kl import attach_discriminator
-
-        disc_weight, disc_start = attach_discriminator(model, own)
-        task = VQTrainTask(model, recon=own.get("recon", "l1"), perceptual=perceptual,
-                           perceptual_weight=float(own.get("perceptual_weight", 0.0)), preview=x_test[:16],
-                           disc_weight=disc_weight, disc_start=disc_start)
-        return Trainer(task, (x_train,), cfg)
+    register("vq")(build_vq_training)
 
 
 _register()
