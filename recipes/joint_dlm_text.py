@@ -35,7 +35,7 @@ def main() -> int:
     from mgen import registry
     from mgen.models.dlm import build_text_data
     from mgen.models.joint_sampler import load_base, load_joint, save_joint
-    from mgen.pipelines.dlm_bench import markdown_table, run_joint_benchmark, toy_joint_experiment, write_report
+    from mgen.bench.joint import markdown_table, run_joint_benchmark, toy_joint_experiment, write_report
     from mgen.train.tasks import build_training
 
     entry = registry.load_config_file(ROOT / "configs" / "joint-dlm-text.yaml")
@@ -66,7 +66,7 @@ def main() -> int:
             print(f"{row['method']} k={row['k']}: {tok.decode(seq[:16])!r} → {tok.decode(seq[16:])!r}", flush=True)
     import json
 
-    for k in (2, 4):  # exact distances where every string can be enumerated (mgen.pipelines.dlm_bench)
+    for k in (2, 4):  # exact distances where every string can be enumerated (mgen.bench.joint)
         toy = toy_joint_experiment(k=k, base_steps=400, layer_steps=300)
         print("toy exact joint:", json.dumps(toy), flush=True)
         (Path(args.out) / "bench" / f"toy_k{k}.json").write_text(json.dumps(toy, indent=2))

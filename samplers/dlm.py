@@ -23,12 +23,21 @@ adapters in ``mgen.models.dlm_adapters``, which undo Dream's one-position shift)
 Randomness: every draw for sample *i* comes from its own generator (:func:`per_sample_generators`), so a
 sample is the same whatever the batch it is in. Prompts of different lengths are left-padded with the pad
 id and hidden by the attention mask; RoPE positions start at each row's first real token.
+
+Precision: the model may run in bfloat16 / float16 (``model.to(torch.bfloat16)``); its logits are cast to
+float32 before any softmax, Gumbel noise (float64, as LLaDA), entropy or confidence ranking, so the decoding
+arithmetic is the same whatever the model's dtype. Sequences are int64.
+
+Step callback (docs/ARCHITECTURE.md, "Samplers"): ``callback(step, timestep, {"x": ids})`` after every decoding
+step, ``step`` 0-based, ``timestep`` the fraction of the decoding still ahead (1 → 0; Dream: its time s); a
+returned ``{"x": ids}`` replaces the sequence (diffusers' ``callback_on_step_end``). ``sampler.total_steps`` is
+the number of calls when nothing stops early (EOS stopping, or nothing left to unmask, may end sooner).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +48,20 @@ from mgen.samplers.base import per_sample_generators
 REMASKING = ("low_confidence", "random")
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 EOS_MODES = ("none", "stop", "pad")
-StepCallback = Callable[[int, torch.Tensor], None]
+StepCallback = Callable[[int, float, dict[str, torch.Tensor]], "Mapping[str, torch.Tensor] | None"]
+
+
+def run_callback(callback: StepCallback | None, step: int, timestep: float, x: torch.Tensor) -> torch.Tensor:
+    """Call ``callback(step, timestep, {"x": x})``; a returned ``{"x": ids}`` (same shape) replaces ``x``."""
+    if callback is None:
+        return x
+    out = callback(step, float(timestep), {"x": x})
+    if out is not None and out.get("x") is not None:
+        new = out["x"]
+        if tuple(new.shape) != tuple(x.shape):
+            raise UserError(f"the step callback returned x of shape {tuple(new.shape)}, expected {tuple(x.shape)}")
+        return new.to(device=x.device, dtype=x.dtype)
+    return x
 
 
 # -- shared pieces -------------------------------------------------------------------------------------------
@@ -74,6 +96,7 @@ def model_logits(model: torch.nn.Module, x: torch.Tensor, attn: torch.Tensor | N
                  forbid_mask: bool = False) -> torch.Tensor:
     """The model's aligned logits, as LLaDA's / Dream's own samplers see them (``forbid_mask``: mask logit → min).
 
+    Returned in float32 whatever the model's dtype (the sampling arithmetic stays float32).
     The attention mask is dropped when nothing is padded (faster attention path). mgen's own model already
     gives the mask token no probability (MDLM's SUBS, :meth:`mgen.models.dlm.MaskedDiffusionLM.head`);
     adapters of real checkpoints return their logits untouched, exactly what the official code samples from.
@@ -82,7 +105,7 @@ def model_logits(model: torch.nn.Module, x: torch.Tensor, attn: torch.Tensor | N
     if attn is not None and bool(attn.all()):
         attn = None
     out = model(x, attention_mask=attn)
-    logits = out.logits if hasattr(out, "logits") else out
+    logits = (out.logits if hasattr(out, "logits") else out).float()
     if forbid_mask:
         logits = logits.index_fill(-1, torch.tensor([model.mask_id], device=logits.device),
                                    torch.finfo(logits.dtype).min)  # finite: differences stay defined
@@ -166,15 +189,17 @@ class LLaDASampler:
 
     steps: int = 128
     gen_length: int = 128
-    block_length: int = 128
+    block_length: int | None = None  # None: one block of gen_length (generate.py: 128 = gen_length)
     temperature: float = 0.0
     cfg_scale: float = 0.0
     remasking: str = "low_confidence"
     mask_id: int | None = None  # None: the model's (generate.py's default 126336 is LLaDA-8B's)
     eos: str = "none"  # "stop": after EOS fill with EOS and stop once every row ended; "pad": fill with pad
-    stats: SampleStats = field(default_factory=SampleStats, repr=False)
+    stats: SampleStats = field(default_factory=SampleStats, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.block_length is None and isinstance(self.gen_length, int):
+            self.block_length = self.gen_length
         _check_common(self.steps, self.gen_length, self.block_length, self.temperature, self.eos)
         if self.remasking not in REMASKING:
             raise UserError(f"unknown remasking strategy {self.remasking!r}; choose from {', '.join(REMASKING)}")
@@ -184,6 +209,11 @@ class LLaDASampler:
                             f"{nb} (= gen_length / block_length)")
         if self.cfg_scale < 0:
             raise UserError(f"cfg_scale must be >= 0 (got {self.cfg_scale})")
+
+    @property
+    def total_steps(self) -> int:
+        """Step callbacks per call (``steps``, split evenly over the blocks)."""
+        return self.steps
 
     @torch.no_grad()
     def sample(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]] | torch.Tensor,
@@ -239,9 +269,8 @@ class LLaDASampler:
                     if k > 0:
                         sel = torch.topk(conf[j], k).indices
                         x[j, sel] = x0[j, sel]
+                x = run_callback(callback, step_no, 1 - (step_no + 1) / self.steps, x)
                 step_no += 1
-                if callback is not None:
-                    callback(step_no, x)
             if self.eos != "none":
                 done = apply_eos(x, p, hi, eos_id, self.eos, fill)
                 if bool(done.all()):
@@ -306,7 +335,7 @@ class DreamSampler:
     top_k: int | None = None
     eos: str = "none"
     mask_id: int | None = None  # None: the model's
-    stats: SampleStats = field(default_factory=SampleStats, repr=False)
+    stats: SampleStats = field(default_factory=SampleStats, init=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_common(self.steps, self.gen_length, None, self.temperature, self.eos)
@@ -314,6 +343,10 @@ class DreamSampler:
             raise UserError(f"unknown Dream alg {self.alg!r}; choose from {', '.join(DREAM_ALGS)}")
         if not 0 < self.eps < 1:
             raise UserError(f"eps must be in (0, 1) (got {self.eps})")
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps
 
     def timesteps(self) -> torch.Tensor:
         """Dream's float32 grid linspace(1, eps, steps + 1); the step t→s uses (ts[i], ts[i+1])."""
@@ -374,8 +407,7 @@ class DreamSampler:
                 else:
                     sel = torch.topk(full, k).indices
                 x[j, sel] = tok[torch.searchsorted(pos, sel)]
-            if callback is not None:
-                callback(i + 1, x)
+            x = run_callback(callback, i, float(s), x)
         if self.eos != "none":
             apply_eos(x, p, x.shape[1], eos_id, self.eos, eos_id if self.eos == "stop" else pad_id)
         return x
@@ -428,12 +460,16 @@ class ExactSampler:
     order: str = "entropy"
     temperature: float = 1.0
     eos: str = "none"
-    stats: SampleStats = field(default_factory=SampleStats, repr=False)
+    stats: SampleStats = field(default_factory=SampleStats, init=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_common(self.gen_length, self.gen_length, self.block_length, self.temperature, self.eos)
         if self.order not in ORDERS:
             raise UserError(f"unknown order {self.order!r}; choose from {', '.join(ORDERS)}")
+
+    @property
+    def total_steps(self) -> int:
+        return self.gen_length
 
     @torch.no_grad()
     def sample(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]] | torch.Tensor,
@@ -451,8 +487,7 @@ class ExactSampler:
             for j in range(b):
                 i, tok = pick_and_sample(logits[j], x[j] == model.mask_id, self.order, self.temperature, gens[j], limit)
                 x[j, i] = tok
-            if callback is not None:
-                callback(step + 1, x)
+            x = run_callback(callback, step, 1 - (step + 1) / self.gen_length, x)
         if self.eos != "none":
             apply_eos(x, p, x.shape[1], model.eos_id, self.eos, model.eos_id if self.eos == "stop" else model.pad_id)
         return x

@@ -18,6 +18,7 @@ to estimate KL(q ‖ p_exact).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -25,8 +26,8 @@ import torch
 
 from mgen.errors import UserError
 from mgen.samplers.base import per_sample_generators
-from mgen.samplers.dlm import SampleStats, StepCallback, _check_common, apply_eos, model_logits, pick_and_sample, \
-    prepare_prompts
+from mgen.samplers.dlm import SampleStats, StepCallback, _check_common, apply_eos, pick_and_sample, prepare_prompts, \
+    run_callback
 
 
 @dataclass
@@ -38,8 +39,8 @@ class JointSampler:
     block_length: int | None = None
     temperature: float = 1.0
     eos: str = "none"
-    stats: SampleStats = field(default_factory=SampleStats, repr=False)
-    log_q: torch.Tensor | None = field(default=None, repr=False)
+    stats: SampleStats = field(default_factory=SampleStats, init=False, repr=False)
+    log_q: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_common(self.gen_length, self.gen_length, self.block_length, self.temperature, self.eos)
@@ -90,15 +91,15 @@ class JointSampler:
                     logits, h = layer(model, h, x, attn_arg)
                     logits = _no_mask(logits, model.mask_id)
                     self.stats.sampler_passes += 1
+            x = run_callback(callback, step, 1 - done / self.gen_length, x)
             step += 1
-            if callback is not None:
-                callback(step, x)
         if self.eos != "none":
             apply_eos(x, p, x.shape[1], model.eos_id, self.eos, model.eos_id if self.eos == "stop" else model.pad_id)
         return x
 
 
 def _no_mask(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
-    logits = logits.clone()
+    """float32 logits (whatever the model's dtype) with the mask token's logit at the minimum."""
+    logits = logits.float().clone()
     logits[..., mask_id] = torch.finfo(logits.dtype).min
     return logits

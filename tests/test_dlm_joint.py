@@ -116,7 +116,7 @@ def test_sampler_distributions_are_normalised_and_log_q_matches_replay():
     log q the sampler records while sampling is the one the benchmark's replay computes."""
     import itertools
 
-    from mgen.pipelines.dlm_bench import exact_log_prob, replay_log_q
+    from mgen.bench.joint import exact_log_prob, replay_log_q
 
     cfg = DLMConfig(vocab_size=8, dim=32, depth=1, num_heads=2, mlp_hidden=32)
     torch.manual_seed(3)

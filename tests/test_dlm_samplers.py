@@ -26,7 +26,9 @@ class Recorder:
         self.prev = start.clone()
         self.steps: list[torch.Tensor] = []
 
-    def __call__(self, step: int, x: torch.Tensor) -> None:
+    def __call__(self, step: int, timestep: float, state: dict) -> None:
+        assert step == len(self.steps) and 0 <= timestep <= 1
+        x = state["x"]
         newly = (self.prev == MASK) & (x != MASK)
         assert not bool(((self.prev != MASK) & (x != self.prev)).any()), "a decoded token changed"
         self.steps.append(newly.clone())

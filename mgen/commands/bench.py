@@ -225,14 +225,14 @@ def _run_enat(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_joint(p: argparse.ArgumentParser) -> None:
-    from mgen.pipelines.dlm_bench import add_args
+    from mgen.bench.joint import add_arguments
 
-    add_args(p)
+    add_arguments(p)
 
 
 def _run_joint(args: argparse.Namespace) -> dict[str, Any]:
     """ADJUST vs marginal vs exact k-tokens-per-forward on dlm-text: KL, MAUVE, NLL, cost, tokens/s."""
-    from mgen.pipelines.dlm_bench import run as run_joint
+    from mgen.bench.joint import run as run_joint
 
     return run_joint(args)
 

@@ -14,16 +14,23 @@ Every generator of text in mgen (this model and the adapters in :mod:`mgen.model
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
-import math
+import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from safetensors import safe_open
 from torch import nn
 
+from mgen import hub, registry
 from mgen.errors import UserError, WeightsError
+from mgen.families import import_target
 from mgen.nn import Attention
 
 
@@ -118,20 +125,93 @@ def positions_from_mask(attention_mask: torch.Tensor | None, b: int, n: int, dev
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-class MaskedDiffusionLM(nn.Module):
-    """The network: token embedding → blocks → RMSNorm → LM head (tied to the embedding by default)."""
+class MaskedDiffusionLM(ModelMixin, ConfigMixin):
+    """The network: token embedding → blocks → RMSNorm → LM head (tied to the embedding by default).
 
+    A diffusers ``ModelMixin + ConfigMixin``: ``MaskedDiffusionLM(**arch)`` builds random weights from a registry
+    entry's ``arch:`` mapping (the :class:`DLMConfig` fields), ``save_pretrained(folder)`` writes ``config.json`` +
+    ``diffusion_pytorch_model.safetensors`` and :meth:`from_pretrained` reads those folders, our own safetensors
+    files (arch in the metadata) and registry names (docs/ARCHITECTURE.md, "The component contract").
+    ``self.cfg`` is the validated :class:`DLMConfig`; ``self.config`` diffusers' frozen dict of the same fields.
+    """
+
+    config_name = "config.json"
     shift_logits = False  # position-aligned
+    _no_split_modules = ["DLMBlock"]
 
-    def __init__(self, cfg: DLMConfig) -> None:
+    @register_to_config
+    def __init__(self, vocab_size: int = 4096, dim: int = 256, depth: int = 6, num_heads: int = 4,
+                 mlp_hidden: int = 688, max_len: int = 1024, rope_theta: float = 10000.0, norm_eps: float = 1e-5,
+                 mask_id: int = 2, eos_id: int = 1, pad_id: int = 0, tie_embeddings: bool = True, seq_len: int = 128,
+                 eps: float = 1e-3, tokenizer_file: str = "") -> None:
         super().__init__()
+        if isinstance(vocab_size, DLMConfig):  # MaskedDiffusionLM(DLMConfig(...)), the older spelling
+            cfg = vocab_size
+            self.register_to_config(**cfg.to_dict())
+        else:
+            cfg = DLMConfig.from_mapping({k: v for k, v in locals().items() if k in _ARCH_FIELDS})
         self.cfg = cfg
+        self._fp32_fingerprint: str | None = None
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.blocks = nn.ModuleList([DLMBlock(cfg) for _ in range(cfg.depth)])
         self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
         # a tied head reuses tok_emb.weight (no separate parameter, so checkpoints hold no shared tensors)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.apply(self._init)
+
+    @classmethod
+    def from_arch(cls, arch: Mapping[str, Any] | DLMConfig) -> "MaskedDiffusionLM":
+        """Random weights for a registry entry's ``arch:`` mapping (unknown keys, bad sizes → UserError)."""
+        if isinstance(arch, DLMConfig):
+            return cls(**arch.to_dict())
+        if "base" in arch:
+            raise UserError("this arch describes a joint sampler layer (it names a 'base' model); build it with "
+                            "mgen.models.joint_sampler.JointSamplerLayer.from_arch")
+        return cls(**DLMConfig.from_mapping(dict(arch)).to_dict())
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, config: Any = None,
+                        **kwargs: Any) -> "MaskedDiffusionLM":
+        """A saved diffusers folder (``save_pretrained``), our safetensors file, or a registry name (``dlm-text``).
+
+        ``config`` (a registry name, a YAML path or an ``arch`` mapping) gives the architecture of a bare file.
+        ``torch_dtype`` is honoured on every path; the diffusers loader's other keyword arguments are accepted
+        (forwarded for a diffusers folder, ignored otherwise). The model is returned in ``eval()`` mode.
+        """
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        device = kwargs.get("device_map")
+        path = Path(os.fspath(pretrained_model_name_or_path)).expanduser()
+        sub = kwargs.get("subfolder")
+        folder = path / sub if sub else path
+        if folder.is_dir() and _is_diffusers_folder(folder):
+            model = super().from_pretrained(os.fspath(path), **kwargs)
+        else:
+            arch = arch_of(config) if config is not None else None
+            res = hub.resolve(pretrained_model_name_or_path)
+            if res.entry is not None:
+                if "base" in res.entry.arch:
+                    raise UserError(f"{res.entry.name} is a joint sampler layer, not a language model; load it with "
+                                    f"JointSamplerLayer.from_pretrained({res.entry.name!r}) (its base is "
+                                    f"{res.entry.arch['base']!r})")
+                arch = res.entry.arch if arch is None else arch
+            if res.path.is_dir():
+                raise WeightsError(f"{res.path}: not a saved MaskedDiffusionLM folder (no config.json naming the "
+                                   "class); transformers folders load through mgen.pipelines.dlm.DLMPipeline")
+            model = load_dlm_file(str(res.path), arch)
+            if _as_device(device) is not None:
+                model = model.to(_as_device(device))
+        model._fp32_fingerprint = weights_fingerprint(model.state_dict()) if model.dtype == torch.float32 else None
+        if torch_dtype is not None:
+            model = model.to(torch_dtype)
+        return model.eval()
+
+    def to(self, *args: Any, **kwargs: Any) -> "MaskedDiffusionLM":
+        """``nn.Module.to``; remembers the float32 weights' fingerprint before a cast to reduced precision, so a
+        joint sampler layer trained on the float32 model still recognises its base (:meth:`fingerprint`)."""
+        dtype = kwargs.get("dtype") or next((a for a in args if isinstance(a, torch.dtype)), None)
+        if dtype is not None and dtype != torch.float32 and self.dtype == torch.float32:
+            self._fp32_fingerprint = weights_fingerprint(self.state_dict())
+        return super().to(*args, **kwargs)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -193,13 +273,51 @@ class MaskedDiffusionLM(nn.Module):
         return self.head(h), h
 
     def fingerprint(self) -> str:
-        """A short hash of the weights, stored by joint sampler layers to check their base model."""
+        """A short hash of the weights, stored by joint sampler layers to check their base model.
+
+        In reduced precision the hash of the float32 weights the model was loaded from / cast from is returned
+        (rounding would change the hash although the model is the same)."""
+        if self.dtype != torch.float32 and self._fp32_fingerprint is not None:
+            return self._fp32_fingerprint
         return weights_fingerprint(self.state_dict())
 
 
-def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
-    import hashlib
+_ARCH_FIELDS = {f.name for f in dataclasses.fields(DLMConfig)}
 
+
+def _is_diffusers_folder(folder: Path) -> bool:
+    """A folder written by ``save_pretrained``: config.json whose ``_class_name`` is a diffusers class name."""
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and "_class_name" in cfg
+
+
+def _as_device(device_map: Any) -> torch.device | None:
+    """A ``device_map`` that names one device (``"cpu"``, ``"cuda:0"``, a torch.device) as that device."""
+    if isinstance(device_map, torch.device):
+        return device_map
+    if isinstance(device_map, str):
+        try:
+            return torch.device(device_map)
+        except RuntimeError:
+            return None  # "auto", "balanced", …: placement strategies of the diffusers loader
+    return None
+
+
+def arch_of(config: Any) -> dict[str, Any]:
+    """An ``arch`` mapping from a registry name, a YAML config path, a mapping or a :class:`DLMConfig`."""
+    if isinstance(config, DLMConfig):
+        return config.to_dict()
+    if isinstance(config, Mapping):
+        return dict(config)
+    p = Path(os.fspath(config)).expanduser()
+    entry = registry.load_config_file(p) if p.suffix in (".yaml", ".yml") and p.exists() else registry.get(str(config))
+    return dict(entry.arch)
+
+
+def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for k in sorted(state):
         t = state[k].detach().to("cpu", torch.float32).contiguous()
@@ -248,18 +366,15 @@ def nll_bound(model: nn.Module, data: torch.Tensor, mask_id: int, generator: tor
 
 # -- weights ----------------------------------------------------------------------------------------------
 def save_dlm(model: MaskedDiffusionLM, path: str, dtype: torch.dtype = torch.float16, extra: dict | None = None) -> None:
-    """Safetensors with the arch in its metadata (so a bare file is self-describing)."""
-    from mgen.hub import save_safetensors
-
+    """One safetensors file with the arch in its metadata (so a bare file is self-describing; the shipped format).
+    ``model.save_pretrained(folder)`` writes the diffusers folder instead."""
     state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
     meta = {"mgen_family": "dlm", "mgen_arch": json.dumps(model.cfg.to_dict())}
     meta.update(extra or {})
-    save_safetensors(state, path, metadata=meta)
+    hub.save_safetensors(state, path, metadata=meta)
 
 
 def read_metadata(path: str) -> dict[str, str]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
@@ -277,16 +392,14 @@ def load_dlm_state(model: MaskedDiffusionLM, state: dict[str, torch.Tensor], pat
 
 
 def load_dlm_file(path: str, arch: dict[str, Any] | None = None) -> MaskedDiffusionLM:
-    """Our own safetensors file; the arch comes from the file's metadata unless given."""
-    from mgen.hub import load_checkpoint
-
+    """Our own safetensors file (float32); the arch comes from the file's metadata unless given."""
     if arch is None:
         meta = read_metadata(path)
         if "mgen_arch" not in meta:
             raise WeightsError(f"{path} has no mgen dlm metadata; pass a config with its arch")
         arch = json.loads(meta["mgen_arch"])
-    model = MaskedDiffusionLM(DLMConfig.from_mapping(arch))
-    return load_dlm_state(model, load_checkpoint(path), path).eval()
+    model = MaskedDiffusionLM.from_arch(arch)
+    return load_dlm_state(model, hub.load_checkpoint(path), path).eval()
 
 
 # -- training task ------------------------------------------------------------------------------------------
@@ -303,20 +416,17 @@ class DLMTask:
 
 def tokenizer_path(tokenizer_file: str, name: str = "dlm"):
     """``arch.tokenizer_file`` as a path: absolute / existing as given, else inside ``mgen/weights``."""
-    from pathlib import Path
-
-    from mgen.hub import package_weights_dir
-
     if not tokenizer_file:
         raise UserError(f"{name}: a dlm config needs arch.tokenizer_file (a Hugging Face tokenizers JSON file)")
     p = Path(tokenizer_file)
     if not p.is_absolute() and not p.exists():
-        p = package_weights_dir() / tokenizer_file
+        p = hub.package_weights_dir() / tokenizer_file
     return p
 
 
-def build_text_data(entry, seq_len: int) -> tuple[torch.Tensor, torch.Tensor, "object"]:
+def build_text_data(entry, seq_len: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """Train / held-out windows of the offline corpus, tokenised with the entry's tokenizer file."""
+    # imported here: mgen.models.dlm_data imports transformers (seconds of start-up) for the tokenizer class
     from mgen.models.dlm_data import TextTokenizer, pack, split_documents, stdlib_documents
 
     tok = TextTokenizer.from_file(tokenizer_path(DLMConfig.from_mapping(entry.arch).tokenizer_file, entry.name))
@@ -324,26 +434,25 @@ def build_text_data(entry, seq_len: int) -> tuple[torch.Tensor, torch.Tensor, "o
     return pack(train_txt, tok, seq_len), pack(held_txt, tok, seq_len), tok
 
 
-def _register() -> None:
-    from mgen.train import tasks
-    from mgen.train.trainer import TrainConfig, Trainer
-
-    @tasks.register("dlm")
-    def build(entry, out_dir=None, max_steps=None, batch_size=None, seed=None) -> Trainer:
-        if "base" in entry.arch:  # a joint sampler layer (ADJUST) on top of a frozen dlm
-            from mgen.models.joint_sampler import build_joint_training
-
-            return build_joint_training(entry, out_dir=out_dir, max_steps=max_steps, batch_size=batch_size, seed=seed)
-        cfg = DLMConfig.from_mapping(entry.arch)
-        train, _, tok = build_text_data(entry, cfg.seq_len)
-        if tok.vocab_size != cfg.vocab_size or tok.mask_id != cfg.mask_id:
-            raise UserError(f"{entry.name}: tokenizer has {tok.vocab_size} entries / mask id {tok.mask_id}, "
-                            f"arch says {cfg.vocab_size} / {cfg.mask_id}")
-        torch.manual_seed(0 if seed is None else seed)
-        model = MaskedDiffusionLM(cfg)
-        tc = TrainConfig.from_mapping(entry.train, out_dir=out_dir or f"runs/{entry.name}", max_steps=max_steps,
-                                      batch_size=batch_size, seed=seed)
-        return Trainer(DLMTask(model), [train], tc)
+#: the trainer builder of a joint sampler layer entry, while its config still says ``family: dlm``
+JOINT_TRAINING = "mgen.models.joint_sampler:build_joint_training"
 
 
-_register()
+def build_dlm_training(entry, out_dir: str | None = None, max_steps: int | None = None,
+                       batch_size: int | None = None, seed: int | None = None) -> Any:
+    """The shared trainer on the masked diffusion objective for a registry entry (``mgen train --config``)."""
+    from mgen.train.trainer import TrainConfig, Trainer  # the train layer sits above models
+
+    if "base" in entry.arch:  # a joint sampler layer (ADJUST) on top of a frozen dlm
+        return import_target(JOINT_TRAINING)(entry, out_dir=out_dir, max_steps=max_steps, batch_size=batch_size,
+                                              seed=seed)
+    cfg = DLMConfig.from_mapping(entry.arch)
+    train, _, tok = build_text_data(entry, cfg.seq_len)
+    if tok.vocab_size != cfg.vocab_size or tok.mask_id != cfg.mask_id:
+        raise UserError(f"{entry.name}: tokenizer has {tok.vocab_size} entries / mask id {tok.mask_id}, "
+                        f"arch says {cfg.vocab_size} / {cfg.mask_id}")
+    torch.manual_seed(0 if seed is None else seed)
+    model = MaskedDiffusionLM.from_arch(cfg)
+    tc = TrainConfig.from_mapping(entry.train, out_dir=out_dir or f"runs/{entry.name}", max_steps=max_steps,
+                                  batch_size=batch_size, seed=seed)
+    return Trainer(DLMTask(model), [train], tc)

@@ -119,7 +119,11 @@ class HFTextTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+    def decode(self, ids: Sequence[int], skip_special: bool = True, skip_special_tokens: bool | None = None) -> str:
+        """Text of ``ids``; the mask / EOS / pad ids and special tokens dropped unless ``skip_special`` is False
+        (``skip_special_tokens``: transformers' name for the same switch)."""
+        if skip_special_tokens is not None:
+            skip_special = skip_special_tokens
         ids = [int(i) for i in ids]
         if skip_special:
             ids = [i for i in ids if i not in (self.mask_id, self.eos_id, self.pad_id)]

@@ -13,11 +13,11 @@ import ast
 import hashlib
 import os
 import sysconfig
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
+from transformers import PreTrainedTokenizerFast
 
 from mgen.errors import UserError
 
@@ -89,39 +89,61 @@ def train_bpe(texts: Iterable[str], vocab_size: int, path: str | os.PathLike) ->
     return TextTokenizer.from_file(path)
 
 
-@dataclass
-class TextTokenizer:
-    """A Hugging Face ``tokenizers.Tokenizer`` with the ids a masked diffusion LM needs."""
+class TextTokenizer(PreTrainedTokenizerFast):
+    """A Hugging Face ``tokenizers`` BPE file as a ``transformers.PreTrainedTokenizerFast`` with the ids a masked
+    diffusion LM needs (``mask_id`` / ``eos_id`` / ``pad_id``).
 
-    tokenizer: object
-    mask_id: int
-    eos_id: int
-    pad_id: int
+    Being a transformers tokenizer, ``DiffusionPipeline.save_pretrained`` writes it (``tokenizer.json`` +
+    ``tokenizer_config.json``) and ``TextTokenizer.from_pretrained(folder)`` — or plain
+    ``transformers.PreTrainedTokenizerFast.from_pretrained(folder)`` — restores the same encodings.
+    ``encode(text)`` adds no special tokens (the BPE has no post-processor); ``decode(ids)`` drops the special
+    tokens (mask / EOS / pad) unless ``skip_special_tokens=False``. (No ``__init__`` of its own: transformers
+    then reads a saved ``tokenizer.json`` as it is instead of rebuilding the BPE from its vocabulary.)
+    """
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "TextTokenizer":
+        """A ``tokenizers`` JSON file (``tokenizer.json``, e.g. ``mgen/weights/dlm-text-tokenizer.json``)."""
         tk = _hf_tokenizers()
         try:
             tok = tk.Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises plain Exceptions on bad files
             raise UserError(f"cannot read tokenizer file {path}: {str(e).splitlines()[0]}") from None
-        ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
-        if None in ids:
+        if None in [tok.token_to_id(t) for t in SPECIAL_TOKENS]:
             raise UserError(f"tokenizer {path} lacks the special tokens {SPECIAL_TOKENS}")
-        return cls(tok, mask_id=ids[2], eos_id=ids[1], pad_id=ids[0])
+        return cls(tokenizer_object=tok, mask_token=MASK_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN)
 
     @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.get_vocab_size()
+    def mask_id(self) -> int:
+        return int(self.mask_token_id)
 
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text).ids)
+    @property
+    def eos_id(self) -> int:
+        return int(self.eos_token_id)
 
-    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
-        ids = [int(i) for i in ids]
-        if skip_special:
-            ids = [i for i in ids if i not in (self.mask_id, self.eos_id, self.pad_id)]
-        return self.tokenizer.decode(ids, skip_special_tokens=False)
+    @property
+    def pad_id(self) -> int:
+        return int(self.pad_token_id)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The underlying ``tokenizers.Tokenizer`` (as the older dataclass exposed it)."""
+        return self.backend_tokenizer
+
+    def encode(self, text: str, *args: Any, add_special_tokens: bool = False, **kwargs: Any) -> list[int]:
+        """Token ids of ``text`` (no special tokens added)."""
+        return list(super().encode(text, *args, add_special_tokens=add_special_tokens, **kwargs))
+
+    def decode(self, token_ids: Any, skip_special_tokens: bool = True, skip_special: bool | None = None,
+               **kwargs: Any) -> str:
+        """Text of ``token_ids``; mask / EOS / pad (and any other special token) dropped by default."""
+        if skip_special is not None:
+            skip_special_tokens = skip_special
+        if isinstance(token_ids, torch.Tensor):
+            token_ids = token_ids.tolist()
+        if isinstance(token_ids, int):
+            token_ids = [token_ids]
+        return super().decode([int(i) for i in token_ids], skip_special_tokens=skip_special_tokens, **kwargs)
 
 
 def pack(texts: Sequence[str], tokenizer: TextTokenizer, seq_len: int) -> torch.Tensor:

@@ -21,25 +21,53 @@ exactly and reproduces marginal sampling; training moves it away from there.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
-from dataclasses import dataclass
-from typing import Any, Sequence
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from mgen import hub, registry
 from mgen.errors import UserError, WeightsError
-from mgen.models.dlm import DLMBlock, DLMConfig, MaskedDiffusionLM, key_mask
+from mgen.models.dlm import (DLMBlock, DLMConfig, MaskedDiffusionLM, _as_device, _is_diffusers_folder, build_text_data,
+                             key_mask, load_dlm_file, read_metadata)
+from mgen.samplers.dlm import ExactSampler, prepare_prompts
+
+#: the training settings a joint layer's registry ``arch:`` holds next to ``base`` (configs/joint-dlm-text.yaml)
+JOINT_DEFAULTS: dict[str, Any] = {"tokens_per_step": 4, "prompt_len": 16, "gen_len": 32, "num_trajectories": 512,
+                                  "temperature": 1.0}
+JOINT_ARCH_KEYS = {"base", *JOINT_DEFAULTS}
 
 
-class JointSamplerLayer(nn.Module):
-    """The ADJUST sampler layer for a base model with config ``base_cfg`` (see module docstring)."""
+class JointSamplerLayer(ModelMixin, ConfigMixin):
+    """The ADJUST sampler layer for a base model whose arch is ``base_arch`` (see module docstring).
 
-    def __init__(self, base_cfg: DLMConfig, base_fingerprint: str = "", base_name: str = "") -> None:
+    A diffusers ``ModelMixin + ConfigMixin``. Two ways to build one with random weights:
+    ``JointSamplerLayer(base_arch={...dlm arch...}, base_fingerprint=..., base_name=...)``, or from a registry
+    entry's ``arch:`` mapping, ``JointSamplerLayer(**entry.arch)`` / :meth:`from_arch` (``base`` names the registered
+    base model, whose arch is looked up). The training settings (``tokens_per_step``, …) are kept in the config;
+    ``tokens_per_step`` is the pipeline's default k.
+    """
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, base_arch: Mapping[str, Any] | DLMConfig | None = None, base_fingerprint: str = "",
+                 base_name: str = "", base: str | None = None, tokens_per_step: int = 4, prompt_len: int = 16,
+                 gen_len: int = 32, num_trajectories: int = 512, temperature: float = 1.0) -> None:
         super().__init__()
+        if base_arch is None:
+            if not base:
+                raise UserError("a joint sampler layer needs its base model: base_arch (an arch mapping) or base "
+                                "(a registered dlm name)")
+            base_arch = registry.get(str(base)).arch
+            base_name = base_name or str(base)
+        base_cfg = base_arch if isinstance(base_arch, DLMConfig) else DLMConfig.from_mapping(dict(base_arch))
+        self.register_to_config(base_arch=base_cfg.to_dict(), base_name=base_name)
         d = base_cfg.dim
         self.base_cfg = base_cfg
         self.base_fingerprint = base_fingerprint
@@ -66,6 +94,37 @@ class JointSamplerLayer(nn.Module):
         h = hidden + self.norm(z)
         return base.head(h), h
 
+    @classmethod
+    def from_arch(cls, arch: Mapping[str, Any]) -> "JointSamplerLayer":
+        """Random weights for a registry entry's ``arch:`` (``base`` + training settings; unknown keys refused)."""
+        unknown = set(arch) - JOINT_ARCH_KEYS - {"base_arch", "base_fingerprint", "base_name"}
+        if unknown:
+            raise UserError(f"unknown joint sampler arch keys {sorted(unknown)}; allowed: {sorted(JOINT_ARCH_KEYS)}")
+        return cls(**dict(arch))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, config: Any = None,
+                        **kwargs: Any) -> "JointSamplerLayer":
+        """A saved diffusers folder, our safetensors file (base arch and fingerprint in its metadata) or a
+        registry name (``joint-dlm-text``). ``torch_dtype`` honoured; other loader kwargs accepted."""
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        path = Path(os.fspath(pretrained_model_name_or_path)).expanduser()
+        sub = kwargs.get("subfolder")
+        if (path / sub if sub else path).is_dir() and _is_diffusers_folder(path / sub if sub else path):
+            layer = super().from_pretrained(os.fspath(path), **kwargs)
+        else:
+            res = hub.resolve(pretrained_model_name_or_path, what="joint sampler")
+            if res.path.is_dir():
+                raise WeightsError(f"{res.path}: not a saved JointSamplerLayer folder")
+            arch = res.entry.arch if res.entry is not None else _joint_arch(config)
+            settings = {k: v for k, v in arch.items() if k in JOINT_DEFAULTS}
+            layer = load_joint(str(res.path), **settings)
+            if _as_device(kwargs.get("device_map")) is not None:
+                layer = layer.to(_as_device(kwargs.get("device_map")))
+        if torch_dtype is not None:
+            layer = layer.to(torch_dtype)
+        return layer.eval()
+
     def check_base(self, base: MaskedDiffusionLM) -> None:
         """Refuse a base model other than the one this layer was trained on (stored weights fingerprint)."""
         if getattr(base, "cfg", None) is None or base.cfg.dim != self.base_cfg.dim or \
@@ -77,25 +136,34 @@ class JointSamplerLayer(nn.Module):
                             f"the given model's is {base.fingerprint()})")
 
 
-def save_joint(layer: JointSamplerLayer, path: str, dtype: torch.dtype = torch.float16) -> None:
-    from mgen.hub import save_safetensors
+def _joint_arch(config: Any) -> dict[str, Any]:
+    """A joint layer's registry ``arch`` from ``config`` (a registry name, a YAML path or a mapping); {} for None."""
+    if config is None:
+        return {}
+    if isinstance(config, Mapping):
+        return dict(config)
+    p = Path(os.fspath(config)).expanduser()
+    entry = registry.load_config_file(p) if p.suffix in (".yaml", ".yml") and p.exists() else registry.get(str(config))
+    return dict(entry.arch)
 
+
+def save_joint(layer: JointSamplerLayer, path: str, dtype: torch.dtype = torch.float16) -> None:
+    """One safetensors file with the base's arch and fingerprint in its metadata (the shipped format)."""
     state = {k: v.detach().to(dtype).contiguous() for k, v in layer.state_dict().items()}
-    save_safetensors(state, path, metadata={
+    hub.save_safetensors(state, path, metadata={
         "mgen_family": "joint-sampler", "mgen_base_arch": json.dumps(layer.base_cfg.to_dict()),
         "mgen_base_fingerprint": layer.base_fingerprint, "mgen_base_name": layer.base_name})
 
 
-def load_joint(path: str) -> JointSamplerLayer:
-    from mgen.hub import load_checkpoint
-    from mgen.models.dlm import read_metadata
-
+def load_joint(path: str, **settings: Any) -> JointSamplerLayer:
+    """Our safetensors file (``save_joint``) as a float32 layer; ``settings``: the entry's training settings."""
     meta = read_metadata(path)
     if meta.get("mgen_family") != "joint-sampler":
         raise WeightsError(f"{path} is not a joint sampler layer (no mgen joint-sampler metadata)")
-    layer = JointSamplerLayer(DLMConfig.from_mapping(json.loads(meta["mgen_base_arch"])),
-                              meta.get("mgen_base_fingerprint", ""), meta.get("mgen_base_name", ""))
-    state = {k: v.float() for k, v in load_checkpoint(path).items()}
+    layer = JointSamplerLayer(base_arch=json.loads(meta["mgen_base_arch"]),
+                              base_fingerprint=meta.get("mgen_base_fingerprint", ""),
+                              base_name=meta.get("mgen_base_name", ""), **settings)
+    state = {k: v.float() for k, v in hub.load_checkpoint(path).items()}
     missing, unexpected = layer.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise WeightsError(f"{path}: weights do not match the joint sampler layer")
@@ -118,8 +186,6 @@ def make_trajectories(base: MaskedDiffusionLM, windows: torch.Tensor, prompt_len
 
     Returns (final sequences (N, prompt_len+gen_len), order (N, gen_len): the position unmasked at each step).
     """
-    from mgen.samplers.dlm import ExactSampler
-
     prompts = windows[:, :prompt_len]
     finals, orders = [], []
     for s in range(0, prompts.shape[0], batch_size):
@@ -127,14 +193,13 @@ def make_trajectories(base: MaskedDiffusionLM, windows: torch.Tensor, prompt_len
         order = torch.zeros(rows.shape[0], gen_len, dtype=torch.long)
         prev = {"x": None}
 
-        def record(step: int, x: torch.Tensor, prev=prev, order=order) -> None:
+        def record(step: int, timestep: float, state: dict[str, torch.Tensor], prev=prev, order=order) -> None:
+            x = state["x"]
             newly = (x != base.mask_id) & (prev["x"] == base.mask_id)
-            order[:, step - 1] = newly.float().argmax(1)
+            order[:, step] = newly.float().argmax(1).cpu()
             prev["x"] = x.clone()
 
-        from mgen.samplers.dlm import prepare_prompts
-
-        prev["x"], _, _ = prepare_prompts(rows, gen_len, base.mask_id, base.pad_id)
+        prev["x"], _, _ = prepare_prompts(rows, gen_len, base.mask_id, base.pad_id, base.device)
         x = ExactSampler(gen_length=gen_len, order="entropy", temperature=temperature).sample(
             base, rows, generator=generator, callback=record)
         finals.append(x)
@@ -179,31 +244,26 @@ class JointTask:
         return kl[still].mean() if bool(still.any()) else kl.sum() * 0
 
 
-JOINT_ARCH_KEYS = {"base", "tokens_per_step", "prompt_len", "gen_len", "num_trajectories", "temperature"}
-
-
 def load_base(name_or_path: str) -> tuple[MaskedDiffusionLM, Any]:
-    """The frozen base model (registry name or our safetensors file) — float32, eval."""
-    from mgen import hub, registry
-    from mgen.models.dlm import load_dlm_file
-
+    """The frozen base model (registry name, our safetensors file or a saved folder) — float32, eval — and its
+    registry entry (None for a path)."""
+    p = Path(str(name_or_path)).expanduser()
+    if p.is_dir():
+        return MaskedDiffusionLM.from_pretrained(p), None
     res = hub.resolve(name_or_path)
-    arch = res.entry.arch if res.entry is not None and res.entry.family == "dlm" else None
-    return load_dlm_file(str(res.path), arch), res.entry
+    if res.entry is not None and "base" in res.entry.arch:
+        raise UserError(f"{res.entry.name} is a joint sampler layer, not a base language model")
+    return load_dlm_file(str(res.path), res.entry.arch if res.entry is not None else None), res.entry
 
 
 def build_joint_training(entry, out_dir=None, max_steps=None, batch_size=None, seed=None):
     """Trainer for ``configs/joint-<base>.yaml``: trajectories of the base (cached in out_dir), then the layer."""
-    from pathlib import Path
-
-    from mgen.models.dlm import build_text_data
-    from mgen.train.trainer import TrainConfig, Trainer
+    from mgen.train.trainer import TrainConfig, Trainer  # the train layer sits above models
 
     unknown = set(entry.arch) - JOINT_ARCH_KEYS
     if unknown:
         raise UserError(f"unknown joint sampler arch keys {sorted(unknown)}; allowed: {sorted(JOINT_ARCH_KEYS)}")
-    a = {"tokens_per_step": 4, "prompt_len": 16, "gen_len": 32, "num_trajectories": 512, "temperature": 1.0,
-         **entry.arch}
+    a = {**JOINT_DEFAULTS, **entry.arch}
     base, base_entry = load_base(a["base"])
     if base_entry is None:
         raise UserError("the joint sampler's base must be a registered dlm model (its data comes from its config)")
@@ -222,5 +282,6 @@ def build_joint_training(entry, out_dir=None, max_steps=None, batch_size=None, s
         data = {"final": final, "order": order, "fingerprint": fp}
         torch.save(data, cache)
     torch.manual_seed(tc.seed)
-    layer = JointSamplerLayer(base.cfg, fp, base_entry.name)
+    layer = JointSamplerLayer(base_arch=base.cfg.to_dict(), base_fingerprint=fp, base_name=base_entry.name,
+                              **{k: a[k] for k in JOINT_DEFAULTS})
     return Trainer(JointTask(layer, base, int(a["tokens_per_step"])), [data["final"], data["order"]], tc)

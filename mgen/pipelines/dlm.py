@@ -1,65 +1,125 @@
-"""Text generation with masked diffusion LMs: :class:`DLMPipeline` (a ``diffusers.DiffusionPipeline``) and the
-``mgen sample`` text path (:func:`add_text_arguments` / :func:`run_text`).
+"""Text generation with masked diffusion LMs: :class:`DLMPipeline`, a ``diffusers.DiffusionPipeline``.
+
+Components: ``model`` (:class:`mgen.models.dlm.MaskedDiffusionLM`, or an adapter of a transformers checkpoint),
+``tokenizer`` (:class:`mgen.models.dlm_data.TextTokenizer`, a ``transformers.PreTrainedTokenizerFast``, or the
+checkpoint's own tokenizer), ``scheduler`` (:class:`mgen.samplers.settings.SamplerSettings`: which sampler runs,
+and its settings) and the optional ``joint_sampler`` (:class:`mgen.models.joint_sampler.JointSamplerLayer`).
+``save_pretrained(folder)`` writes every component with diffusers' machinery and ``from_pretrained(folder)``
+restores the pipeline, so the same seed gives the same text (docs/ARCHITECTURE.md, "Pipelines").
 
 Argument names follow diffusers' ``LLaDA2Pipeline`` (diffusers 0.42.1, with ``BlockRefinementScheduler``) where
 they mean the same thing (``prompt``, ``input_ids``, ``gen_length``, ``block_length``, ``num_inference_steps``,
-``temperature``, ``top_p``, ``top_k``, ``eos_early_stop``, ``generator``, ``output_type``, ``return_dict``; output
-``sequences`` / ``texts``). Where we differ (checked against diffusers 0.42.1):
+``temperature``, ``top_p``, ``top_k``, ``eos_early_stop``, ``generator``, ``output_type``, ``return_dict``,
+``callback_on_step_end`` / ``callback_on_step_end_tensor_inputs``; output ``sequences`` / ``texts``). Where we
+differ (checked against diffusers 0.42.1):
 
 - ``num_inference_steps``: theirs is *per block* (``BlockRefinementScheduler.get_num_transfer_tokens(block_length,
   steps)``); ours is the *total*, split evenly over the blocks (LLaDA generate.py's ``steps``), default 32 both.
-- ``gen_length``: default 128 here, 2048 there. ``block_length``: ours defaults to ``gen_length`` (one block, as
-  generate.py); theirs to the scheduler's 32, and their blocks are aligned to absolute positions (the prompt
-  fills the first blocks); ours start right after the prompt (generate.py).
+- ``gen_length``: default 128 here (or the model's config ``sampler:`` settings), 2048 there. ``block_length``:
+  ours defaults to ``gen_length`` (one block, as generate.py); theirs to the scheduler's 32, and their blocks are
+  aligned to absolute positions (the prompt fills the first blocks); ours start right after the prompt.
 - ``eos_early_stop``: default False here (generate.py decodes every position), True there.
 - Decoding rule: theirs commits every token above a confidence ``threshold`` (0.7; ``editing_threshold``,
   ``max_post_steps``, ``minimal_topk``, ``sampling_method``) — LLaDA2's refinement; ours follows LLaDA's
-  generate.py / Dream's generation_utils.py exactly, chosen with ``sampler`` = ``llada`` | ``dream`` | ``exact``
-  | ``joint`` (:mod:`mgen.samplers.dlm`, :mod:`mgen.samplers.joint`), plus ``remasking``, ``cfg_scale``, ``alg``,
-  ``alg_temp``, ``tokens_per_step``. No chat template (``use_chat_template`` / ``messages``): these are base
-  models. ``eos_token_id`` / ``mask_token_id`` come from the model; ``callback(step, x)`` and ``stream(step,
-  texts)`` replace ``callback_on_step_end``.
+  generate.py / Dream's generation_utils.py exactly, chosen with ``sampler`` (a name of :data:`SAMPLERS`:
+  ``llada`` | ``dream`` | ``exact`` | ``joint``, or a ``"module:Class"``), plus ``remasking``, ``cfg_scale``,
+  ``alg``, ``alg_temp``, ``tokens_per_step``. No chat template (``use_chat_template`` / ``messages``): these are
+  base models. ``eos_token_id`` / ``mask_token_id`` come from the model; ``stream(step, texts)`` also receives
+  the partly decoded texts after every step.
+
+The ``mgen sample`` text options live in :mod:`mgen.commands.sample_text` (CLI code stays out of the library).
 """
 
 from __future__ import annotations
 
-import argparse
+import inspect
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import BaseOutput
 
+from mgen import hub, registry
 from mgen.errors import UserError, WeightsError
+from mgen.models.dlm import MaskedDiffusionLM, read_metadata, tokenizer_path
+from mgen.models.dlm_adapters import load_hf_dlm
+from mgen.models.dlm_data import TextTokenizer
+from mgen.models.joint_sampler import JointSamplerLayer
+from mgen.samplers.settings import SamplerSettings
+
+#: sampler names of the ``sampler=`` argument (and ``--sampler``) → ``"module:Class"``
+SAMPLERS: dict[str, str] = {
+    "llada": "mgen.samplers.dlm:LLaDASampler",
+    "dream": "mgen.samplers.dlm:DreamSampler",
+    "exact": "mgen.samplers.dlm:ExactSampler",
+    "joint": "mgen.samplers.joint:JointSampler",
+}
+#: settings a pipeline starts from when no config gives any (LLaDA2Pipeline-like lengths)
+DEFAULT_SETTINGS: dict[str, Any] = {"gen_length": 128, "steps": 32}
+#: ``__call__`` argument names → sampler field names
+CALL_ALIASES: dict[str, str] = {"num_inference_steps": "steps"}
+#: keyword arguments of diffusers' loaders; accepted everywhere, used where they mean something
+LOAD_KWARGS = ("low_cpu_mem_usage", "device_map", "variant", "use_safetensors", "cache_dir", "local_files_only",
+               "revision", "max_memory", "offload_folder", "offload_state_dict", "provider", "sess_options",
+               "use_flashpack", "force_download", "proxies", "token", "custom_pipeline", "custom_revision",
+               "dduf_file", "load_connected_pipeline", "return_cached_folder", "quantization_config",
+               "output_loading_info")
 
 
-# -- loading -------------------------------------------------------------------------------------------------------
+def sampler_target(sampler: str) -> str:
+    """A sampler name (``llada``, …) or ``"module:Class"`` → ``"module:Class"``."""
+    if ":" in sampler:
+        return sampler
+    if sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+    return SAMPLERS[sampler]
+
+
+def sampler_name(target: str) -> str:
+    """``"module:Class"`` → its name in :data:`SAMPLERS` (or the target itself)."""
+    return next((k for k, v in SAMPLERS.items() if v == target), target)
+
+
+def settings_for(sampler: str, *settings: dict[str, Any] | None, **explicit: Any) -> SamplerSettings:
+    """Settings for ``sampler`` from config mappings (later ones win; keys of other samplers ignored) and
+    ``explicit`` values (non-None; a key the sampler does not take is a UserError)."""
+    target = sampler_target(sampler)
+    allowed = set(SamplerSettings(sampler=target).allowed())
+    values: dict[str, Any] = {}
+    for mapping in settings:
+        values.update({k: v for k, v in dict(mapping or {}).items() if k in allowed and v is not None})
+    explicit = {k: v for k, v in explicit.items() if v is not None}
+    bad = sorted(set(explicit) - allowed)
+    if bad:
+        raise UserError(f"{', '.join(bad)} does not apply to the {sampler_name(target)} sampler "
+                        f"(its settings: {', '.join(sorted(allowed))})")
+    out = SamplerSettings(sampler=target, settings={**values, **explicit})
+    out.build()  # validated by the sampler itself
+    return out
+
+
+# -- loading ---------------------------------------------------------------------------------------------------------
 def load_text_model(model: str, weights: str | None = None, trust_remote_code: bool = False,
-                    device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
-    """(generator, tokenizer) for a registry name (family dlm), our safetensors file, or a transformers folder."""
-    from mgen import hub
-    from mgen.models.dlm import DLMConfig, load_dlm_file, read_metadata, tokenizer_path
-    from mgen.models.dlm_data import TextTokenizer
-
+                    device: str | torch.device | None = "cpu", torch_dtype: torch.dtype | None = None
+                    ) -> tuple[torch.nn.Module, Any]:
+    """(generator, tokenizer) for a registry name (family dlm), our safetensors file, a saved model folder or a
+    transformers folder (``trust_remote_code`` for LLaDA / Dream)."""
     p = Path(str(model)).expanduser()
-    if weights is None and p.is_dir():
-        from mgen.models.dlm_adapters import load_hf_dlm
-
-        return load_hf_dlm(p, trust_remote_code=trust_remote_code, device=device)
+    if weights is None and p.is_dir() and not (p / "model_index.json").exists():
+        if _is_mgen_model_folder(p):
+            net = MaskedDiffusionLM.from_pretrained(p, torch_dtype=torch_dtype)
+            return _placed(net, device), _tokenizer_near(p, net)
+        return load_hf_dlm(p, trust_remote_code=trust_remote_code, dtype=torch_dtype, device=device or "cpu")
     res = hub.resolve(model, weights)
-    if res.entry is not None and res.entry.family != "dlm":
-        raise UserError(f"{res.entry.name} is a {res.entry.family} model, not a text model")
     if res.entry is not None and "base" in res.entry.arch:
         raise UserError(f"{res.entry.name} is a joint sampler layer; pass it as --joint-sampler with its base model")
     if res.path.is_dir():
-        from mgen.models.dlm_adapters import load_hf_dlm
-
-        return load_hf_dlm(res.path, trust_remote_code=trust_remote_code, device=device)
+        return load_hf_dlm(res.path, trust_remote_code=trust_remote_code, dtype=torch_dtype, device=device or "cpu")
     if res.entry is not None:
         arch = res.entry.arch
     else:
@@ -67,28 +127,53 @@ def load_text_model(model: str, weights: str | None = None, trust_remote_code: b
         if "mgen_arch" not in meta:
             raise WeightsError(f"{res.path}: not an mgen dlm file (no arch metadata); pass --model NAME --weights FILE")
         arch = json.loads(meta["mgen_arch"])
-    net = load_dlm_file(str(res.path), arch).to(device)
-    tok_file = DLMConfig.from_mapping(arch).tokenizer_file
-    local = res.path.parent / tok_file if tok_file else None
+    net = MaskedDiffusionLM.from_pretrained(str(res.path), config=arch, torch_dtype=torch_dtype)
+    return _placed(net, device), _tokenizer_near(res.path.parent, net)
+
+
+def _placed(module: torch.nn.Module, device: Any) -> torch.nn.Module:
+    return module if device is None else module.to(device)
+
+
+def _is_mgen_model_folder(p: Path) -> bool:
+    try:
+        return json.loads((p / "config.json").read_text()).get("_class_name") == MaskedDiffusionLM.__name__
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _tokenizer_near(folder: Path, net: MaskedDiffusionLM) -> TextTokenizer:
+    """The model's tokenizer: its ``tokenizer_file`` beside the weights, else in the package (``mgen/weights``)."""
+    tok_file = net.cfg.tokenizer_file
+    local = folder / tok_file if tok_file else None
     tok = TextTokenizer.from_file(local if local is not None and local.exists() else tokenizer_path(tok_file))
     if tok.mask_id != net.mask_id:
         raise WeightsError(f"tokenizer mask id {tok.mask_id} does not match the model's {net.mask_id}")
-    return net, tok
+    return tok
+
+
+def load_tokenizer_file(path: str | os.PathLike) -> TextTokenizer:
+    """A ``tokenizers`` JSON file or a saved tokenizer folder as a :class:`TextTokenizer`."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return TextTokenizer.from_pretrained(os.fspath(p))
+    if not p.exists():
+        raise WeightsError(f"{p}: no such tokenizer file or folder")
+    return TextTokenizer.from_file(p)
 
 
 def is_text_model_path(p: Path) -> bool:
-    """A transformers model folder (config.json with a ``model_type``, not a diffusers component) or an mgen
-    dlm safetensors file (``mgen_family: dlm`` in its metadata)."""
+    """A transformers model folder (config.json with a ``model_type``, not a diffusers component), a saved
+    MaskedDiffusionLM folder, or an mgen dlm safetensors file (``mgen_family: dlm`` in its metadata)."""
     p = Path(p)
     if p.is_dir():
         try:
             cfg = json.loads((p / "config.json").read_text())
         except (OSError, ValueError):
             return False
-        return isinstance(cfg, dict) and "model_type" in cfg and "_class_name" not in cfg
+        return isinstance(cfg, dict) and (("model_type" in cfg and "_class_name" not in cfg)
+                                          or cfg.get("_class_name") == MaskedDiffusionLM.__name__)
     if p.suffix == ".safetensors":
-        from mgen.models.dlm import read_metadata
-
         try:
             return read_metadata(str(p)).get("mgen_family") == "dlm"
         except WeightsError:
@@ -96,218 +181,263 @@ def is_text_model_path(p: Path) -> bool:
     return False
 
 
-def load_joint_layer(name_or_path: str):
-    from mgen import hub
-    from mgen.models.joint_sampler import load_joint
-
-    return load_joint(str(hub.resolve(name_or_path, what="joint sampler").path))
+def load_joint_layer(name_or_path: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> JointSamplerLayer:
+    """A joint sampler layer by registry name, our safetensors file or a saved folder."""
+    return JointSamplerLayer.from_pretrained(name_or_path, torch_dtype=torch_dtype)
 
 
-# -- pipeline ------------------------------------------------------------------------------------------------------
+# -- pipeline --------------------------------------------------------------------------------------------------------
 @dataclass
 class DLMPipelineOutput(BaseOutput):
     sequences: torch.LongTensor
     texts: list[str] | None = None
 
 
-def make_sampler(sampler: str, gen_length: int, steps: int, block_length: int | None, temperature: float,
-                 remasking: str = "low_confidence", cfg_scale: float = 0.0, alg: str = "entropy",
-                 alg_temp: float | None = None, top_p: float | None = None, top_k: int | None = None,
-                 eps: float = 1e-3, tokens_per_step: int = 1, eos: str = "none"):
-    from mgen.samplers.dlm import DreamSampler, ExactSampler, LLaDASampler
-    from mgen.samplers.joint import JointSampler
-
-    if sampler == "llada":
-        if top_p is not None or top_k is not None:
-            raise UserError("top-p / top-k belong to the dream sampler (LLaDA samples with Gumbel-max)")
-        return LLaDASampler(steps=steps, gen_length=gen_length, block_length=block_length or gen_length,
-                            temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, eos=eos)
-    if sampler == "dream":
-        return DreamSampler(steps=steps, gen_length=gen_length, eps=eps, alg=alg, alg_temp=alg_temp,
-                            temperature=temperature, top_p=top_p, top_k=top_k, eos=eos)
-    if sampler == "exact":
-        return ExactSampler(gen_length=gen_length, block_length=block_length, temperature=temperature, eos=eos)
-    if sampler == "joint":
-        return JointSampler(gen_length=gen_length, tokens_per_step=tokens_per_step, block_length=block_length,
-                            temperature=temperature, eos=eos)
-    raise UserError(f"unknown sampler {sampler!r}; choose from llada, dream, exact, joint")
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    if isinstance(tokenizer, TextTokenizer) or hasattr(tokenizer, "mask_id"):
+        return list(tokenizer.encode(text))
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])  # a plain transformers tokenizer
 
 
 class DLMPipeline(DiffusionPipeline):
     """Prompt text → generated text with a masked diffusion LM (ours or an adapter) and a DLM sampler."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, joint_sampler: torch.nn.Module | None = None) -> None:
+    model_cpu_offload_seq = "model->joint_sampler"
+    _optional_components: ClassVar[list[str]] = ["joint_sampler", "scheduler"]
+    _callback_tensor_inputs: ClassVar[list[str]] = ["x"]
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, joint_sampler: torch.nn.Module | None = None,
+                 scheduler: SamplerSettings | None = None) -> None:
         super().__init__()
-        self.register_modules(model=model, tokenizer=tokenizer, joint_sampler=joint_sampler)
+        if scheduler is None:
+            k = getattr(joint_sampler, "config", {}).get("tokens_per_step") if joint_sampler is not None else None
+            scheduler = settings_for("joint", DEFAULT_SETTINGS, {"tokens_per_step": k}) if joint_sampler is not None \
+                else settings_for("llada", DEFAULT_SETTINGS)
+        elif not isinstance(scheduler, SamplerSettings):
+            scheduler = SamplerSettings.of(scheduler)  # a sampler object
+        self.register_modules(model=model, tokenizer=tokenizer, joint_sampler=joint_sampler, scheduler=scheduler)
+        self.last_stats = None
+
+    # -- loading ------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, weights: str | os.PathLike | None = None,
+                        joint_sampler: str | os.PathLike | torch.nn.Module | None = None,
+                        trust_remote_code: bool = False, device: str | torch.device | None = None,
+                        torch_dtype: torch.dtype | None = None, tokenizer: Any = None,
+                        **sampler_settings: Any) -> "DLMPipeline":
+        """A saved pipeline folder (diffusers' ``model_index.json``), a registry name (``dlm-text``; ``joint-dlm-text``
+        gives its base model with the layer), our safetensors file, a saved model folder or a transformers folder
+        (HF masked LMs; LLaDA / Dream with ``trust_remote_code=True``).
+
+        ``weights`` replaces the weights a name finds; ``joint_sampler`` adds an ADJUST layer (name, file, folder
+        or module); ``tokenizer`` replaces the tokenizer (a file, folder or object); ``torch_dtype`` is honoured on
+        every path; diffusers' other loading options are accepted; the remaining keyword arguments are sampler
+        settings (``sampler="dream"``, ``steps=…``, ``gen_length=…``, …) saved into the ``scheduler`` component.
+        """
+        load_kwargs = {k: sampler_settings.pop(k) for k in LOAD_KWARGS if k in sampler_settings}
+        name = os.fspath(pretrained_model_name_or_path)
+        p = Path(name).expanduser()
+        layer = joint_sampler
+        if layer is not None and not isinstance(layer, torch.nn.Module):
+            layer = load_joint_layer(layer, torch_dtype)
+        tok = load_tokenizer_file(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
+        if weights is None and p.is_dir() and (p / "model_index.json").exists():
+            extra = {k: v for k, v in (("joint_sampler", layer), ("tokenizer", tok)) if v is not None}
+            pipe = super().from_pretrained(os.fspath(p), torch_dtype=torch_dtype, **load_kwargs, **extra)
+            if not isinstance(pipe, cls):
+                raise UserError(f"{p}: a {type(pipe).__name__} folder, not a {cls.__name__} one")
+        else:
+            entry = None
+            if p.suffix in (".yaml", ".yml") and p.is_file():
+                entry, name = registry.load_config_file(p), None
+            elif not (p.exists() or os.sep in name or p.suffix in (".safetensors", ".json")):
+                entry = registry.get(name)
+            pipe = cls._build(name, entry, weights, layer, tok, trust_remote_code, torch_dtype)
+        if pipe.joint_sampler is not None:
+            pipe.joint_sampler.check_base(pipe.model)
+            if torch_dtype is not None:
+                pipe.joint_sampler.to(torch_dtype)
+        if sampler_settings:
+            pipe.set_sampler(**sampler_settings)
+        if device is not None:
+            pipe.to(device)
+        return pipe
+
+    @classmethod
+    def _build(cls, name: str | None, entry: Any, weights: Any, layer: torch.nn.Module | None, tok: Any,
+               trust_remote_code: bool, torch_dtype: torch.dtype | None) -> "DLMPipeline":
+        """From a registry / YAML entry (``name`` None for a YAML file) or a path (``entry`` None)."""
+        if entry is not None and "base" in entry.arch:  # a joint sampler layer: its base model + the layer
+            if layer is None:
+                if weights is None and name is None:
+                    weights = hub.find_weights(entry)
+                if weights is None and name is None:
+                    raise WeightsError(f"{entry.name}: weights not found; {hub.how_to_get(entry)}")
+                layer = JointSamplerLayer.from_pretrained(weights or name, config=dict(entry.arch),
+                                                          torch_dtype=torch_dtype)
+            base = str(entry.arch["base"])
+            net, found_tok = load_text_model(base, None, trust_remote_code, None, torch_dtype)
+            config_settings = dict(registry.get(base).sampler)
+        else:
+            if name is None:  # a YAML entry: its weights as found by the registry rules
+                weights = weights or hub.find_weights(entry)
+                if weights is None:
+                    raise WeightsError(f"{entry.name}: weights not found; {hub.how_to_get(entry)}")
+                net = MaskedDiffusionLM.from_pretrained(os.fspath(weights), config=dict(entry.arch),
+                                                        torch_dtype=torch_dtype)
+                found_tok = _tokenizer_near(Path(os.fspath(weights)).parent, net)
+            else:
+                net, found_tok = load_text_model(name, weights, trust_remote_code, None, torch_dtype)
+            config_settings = dict(entry.sampler) if entry is not None else {}
+        if layer is not None:
+            layer.check_base(net)
+            settings = settings_for("joint", DEFAULT_SETTINGS, config_settings,
+                                    {"tokens_per_step": layer.config.get("tokens_per_step")})
+        else:
+            settings = settings_for("llada", DEFAULT_SETTINGS, config_settings)
+        return cls(net, tok if tok is not None else found_tok, joint_sampler=layer, scheduler=settings)
+
+    @classmethod
+    def from_spec(cls, spec: Any, tokenizer: Any = None, errors: list[str] | None = None,
+                  **kwargs: Any) -> "DLMPipeline":
+        """Build from a :class:`mgen.resolver.Spec` (called by :func:`mgen.pipelines.load_pipeline`)."""
+        if errors:
+            raise WeightsError(errors[0])
+        if spec.entry is not None and spec.layout in ("name", "yaml"):
+            for k in LOAD_KWARGS:  # diffusers' loading options: nothing to do for these layouts
+                kwargs.pop(k, None)
+            torch_dtype = kwargs.pop("torch_dtype", None)
+            tok = load_tokenizer_file(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
+            name = spec.entry.name if spec.layout == "name" else None
+            pipe = cls._build(name, spec.entry, spec.path, None, tok, kwargs.pop("trust_remote_code", False),
+                              torch_dtype)
+            if kwargs:
+                pipe.set_sampler(**kwargs)
+            return pipe
+        return cls.from_pretrained(spec.path, tokenizer=tokenizer, **kwargs)
 
     @classmethod
     def from_name(cls, model: str, weights: str | None = None, joint_sampler: str | None = None,
-                  trust_remote_code: bool = False, device: str = "cpu") -> "DLMPipeline":
-        net, tok = load_text_model(model, weights, trust_remote_code, device)
-        layer = load_joint_layer(joint_sampler).to(device) if joint_sampler else None
-        if layer is not None:
-            layer.check_base(net)
-        return cls(net, tok, layer)
+                  trust_remote_code: bool = False, device: str | torch.device | None = "cpu",
+                  **kwargs: Any) -> "DLMPipeline":
+        """Alias of :meth:`from_pretrained` (the older name)."""
+        return cls.from_pretrained(model, weights=weights, joint_sampler=joint_sampler,
+                                   trust_remote_code=trust_remote_code, device=device, **kwargs)
 
+    # -- the sampler --------------------------------------------------------------------------------------------
+    @property
+    def sampler(self) -> Any:
+        """The configured sampler object (built from the ``scheduler`` settings)."""
+        return self.scheduler.build()
+
+    def set_sampler(self, sampler: str | None = None, **settings: Any) -> None:
+        """Change the saved sampler (a :data:`SAMPLERS` name or ``"module:Class"``) and/or its settings."""
+        target = sampler_target(sampler) if sampler else self.scheduler.config.sampler
+        settings = {CALL_ALIASES.get(k, k): v for k, v in settings.items()}
+        self.register_modules(scheduler=settings_for(target, self.scheduler.settings, **settings))
+
+    def make_sampler(self, sampler: str | None = None, **overrides: Any) -> Any:
+        """The sampler object for one call: the saved settings with the non-None ``overrides`` applied."""
+        return self._configure(sampler, overrides)[0]
+
+    def _configure(self, sampler: str | None, overrides: dict[str, Any]) -> tuple[Any, str]:
+        overrides = {CALL_ALIASES.get(k, k): v for k, v in overrides.items() if v is not None}
+        saved = self.scheduler.config.sampler
+        if sampler is None:
+            if "tokens_per_step" in overrides or (self.joint_sampler is not None and
+                                                  saved != SAMPLERS["joint"] and "alg" not in overrides):
+                sampler = "joint"
+            elif "alg" in overrides and saved != SAMPLERS["dream"]:
+                sampler = "dream"
+        target = sampler_target(sampler) if sampler else saved
+        base = dict(self.scheduler.settings)
+        if target != saved:  # another sampler: the saved settings it shares, plus its own pipeline defaults
+            base = {**DEFAULT_SETTINGS, **base}
+            if target == SAMPLERS["dream"]:
+                base.setdefault("alg", "entropy")
+            if target == SAMPLERS["joint"] and self.joint_sampler is not None:
+                base.setdefault("tokens_per_step", self.joint_sampler.config.get("tokens_per_step", 4))
+        gen = overrides.get("gen_length")
+        if gen is not None and isinstance(gen, int) and gen > 0:  # saved lengths that no longer fit the request
+            if "steps" not in overrides and isinstance(base.get("steps"), int) and base["steps"] > gen:
+                base["steps"] = gen
+            if "block_length" not in overrides and isinstance(base.get("block_length"), int) and gen % base["block_length"]:
+                base.pop("block_length")
+        return settings_for(target, base, **overrides).build(), target
+
+    # -- running ------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, prompt: str | list[str] | None = None, input_ids: torch.LongTensor | list[list[int]] | None = None,
-                 gen_length: int = 128, block_length: int | None = None, num_inference_steps: int = 32,
-                 temperature: float = 0.0, top_p: float | None = None, top_k: int | None = None,
-                 sampler: str | None = None, remasking: str = "low_confidence", alg: str | None = None,
-                 alg_temp: float | None = None, cfg_scale: float = 0.0, tokens_per_step: int | None = None,
-                 eos_early_stop: bool = False, eos: str | None = None, generator: torch.Generator | None = None,
-                 output_type: str = "text", return_dict: bool = True,
-                 callback: Callable[[int, torch.Tensor], None] | None = None,
-                 stream: Callable[[int, list[str]], None] | None = None) -> DLMPipelineOutput | tuple:
-        """Generate; ``stream(step, texts)`` receives the partly decoded texts after every step."""
+                 gen_length: int | None = None, block_length: int | None = None,
+                 num_inference_steps: int | None = None, temperature: float | None = None, top_p: float | None = None,
+                 top_k: int | None = None, sampler: str | None = None, remasking: str | None = None,
+                 alg: str | None = None, alg_temp: float | None = None, cfg_scale: float | None = None,
+                 tokens_per_step: int | None = None, eos_early_stop: bool = False, eos: str | None = None,
+                 generator: torch.Generator | list[torch.Generator] | None = None, output_type: str = "text",
+                 return_dict: bool = True,
+                 callback_on_step_end: Callable[..., dict[str, torch.Tensor] | None] | PipelineCallback
+                 | MultiPipelineCallbacks | None = None,
+                 callback_on_step_end_tensor_inputs: Sequence[str] = ("x",),
+                 stream: Callable[[int, list[str]], None] | None = None,
+                 **sampler_kwargs: Any) -> DLMPipelineOutput | tuple:
+        """Generate. Unset arguments come from the ``scheduler`` settings (the model's config ``sampler:``),
+        then from the sampler's defaults; ``sampler_kwargs`` are further settings of the chosen sampler.
+
+        ``callback_on_step_end(pipe, step, timestep, {"x": ids})`` runs after every decoding step (0-based) and may
+        return ``{"x": ids}`` to replace the sequence; ``stream(step, texts)`` receives the partly decoded texts.
+        ``output_type``: ``"text"`` (texts and ids) or ``"ids"`` (ids only). Returns :class:`DLMPipelineOutput`
+        (``sequences``: left-padded prompts then the generated ids) or ``(sequences, texts)``.
+        """
+        if output_type not in ("text", "ids"):
+            raise UserError(f"output_type must be 'text' or 'ids' (got {output_type!r})")
         if input_ids is None:
             if prompt is None:
                 raise UserError("give a prompt (or input_ids)")
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
             if any(not p for p in prompts):
                 raise UserError("empty prompt: give some text to continue")
-            input_ids = [self.tokenizer.encode(p) for p in prompts]
-        if sampler is None:
-            sampler = "joint" if (self.joint_sampler is not None or tokens_per_step is not None) else \
-                ("dream" if alg else "llada")
+            input_ids = [_encode(self.tokenizer, p) for p in prompts]
         if tokens_per_step is not None and (not isinstance(tokens_per_step, int) or tokens_per_step < 1):
             raise UserError(f"tokens_per_step must be a positive integer (got {tokens_per_step!r})")
-        if sampler == "joint" and tokens_per_step is None:
-            tokens_per_step = 4
-        eos_mode = eos or ("stop" if eos_early_stop else "none")
-        s = make_sampler(sampler, gen_length, num_inference_steps, block_length, temperature, remasking, cfg_scale,
-                         alg or "entropy", alg_temp, top_p, top_k, tokens_per_step=tokens_per_step or 1, eos=eos_mode)
-        cb = callback
-        if stream is not None:
-            p_len = max(len(r) for r in input_ids) if not isinstance(input_ids, torch.Tensor) else input_ids.shape[-1]
+        eos_mode = eos or ("stop" if eos_early_stop else None)
+        smp, target = self._configure(sampler, dict(
+            gen_length=gen_length, block_length=block_length, num_inference_steps=num_inference_steps,
+            temperature=temperature, top_p=top_p, top_k=top_k, remasking=remasking, alg=alg, alg_temp=alg_temp,
+            cfg_scale=cfg_scale, tokens_per_step=tokens_per_step, eos=eos_mode, **sampler_kwargs))
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        inputs = list(callback_on_step_end_tensor_inputs)
+        bad = [k for k in inputs if k not in self._callback_tensor_inputs]
+        if bad:
+            raise UserError(f"callback_on_step_end_tensor_inputs {bad} are not among {self._callback_tensor_inputs}")
+        p_len = input_ids.shape[-1] if isinstance(input_ids, torch.Tensor) else max(len(r) for r in input_ids)
+        kwargs: dict[str, Any] = {"generator": generator}
+        if "layer" in inspect.signature(smp.sample).parameters:
+            kwargs["layer"] = self.joint_sampler
+        with self.progress_bar(total=int(getattr(smp, "total_steps", 0) or 0)) as bar:
+            def on_step(step: int, timestep: float, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+                out = None
+                if callback_on_step_end is not None:
+                    out = callback_on_step_end(self, step, timestep, {k: state[k] for k in inputs if k in state})
+                    out = dict(out) if out else None
+                if stream is not None:
+                    x = (out or {}).get("x", state["x"])
+                    stream(step, [self.decode(r[p_len:]) for r in x])
+                bar.update()
+                return out
 
-            def cb(step: int, x: torch.Tensor) -> None:
-                if callback is not None:
-                    callback(step, x)
-                stream(step, [self.tokenizer.decode(r[p_len:].tolist()) for r in x])
-        kwargs = {"layer": self.joint_sampler} if sampler == "joint" else {}
-        seqs = s.sample(self.model, input_ids, generator=generator, callback=cb, **kwargs)
-        self.last_stats = s.stats
-        p_len = seqs.shape[1] - gen_length
-        texts = [self.tokenizer.decode(r[p_len:].tolist()) for r in seqs] if output_type == "text" else None
+            seqs = smp.sample(self.model, input_ids, callback=on_step, **kwargs)
+        self.last_stats = getattr(smp, "stats", None)
+        gen = getattr(smp, "gen_length", None) or seqs.shape[1] - p_len
+        start = seqs.shape[1] - gen
+        texts = [self.decode(r[start:]) for r in seqs] if output_type == "text" else None
         if not return_dict:
             return (seqs, texts)
         return DLMPipelineOutput(sequences=seqs, texts=texts)
 
-
-# -- the `mgen sample` text path ----------------------------------------------------------------------------------
-TEXT_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
-    (("--model",), dict(help="dlm model name (e.g. dlm-text), our .safetensors file, or a transformers folder")),
-    (("--weights",), dict(default=None, help="weights file for --model NAME")),
-    (("--prompt",), dict(action="append", default=None, help="prompt text (repeat for a batch)")),
-    (("--gen-length",), dict(type=int, default=None, help="tokens to generate (default: the model's config)")),
-    (("--steps",), dict(type=int, default=None, help="sampling steps (total, split over blocks)")),
-    (("--block-length",), dict(type=int, default=None, help="semi-autoregressive block length")),
-    (("--temperature",), dict(type=float, default=None)),
-    (("--remasking",), dict(default=None, help="llada: low_confidence or random")),
-    (("--alg",), dict(default=None, help="dream: origin, maskgit_plus, topk_margin, entropy (selects dream)")),
-    (("--alg-temp",), dict(type=float, default=None)),
-    (("--top-p",), dict(type=float, default=None)),
-    (("--top-k",), dict(type=int, default=None)),
-    (("--cfg-scale",), dict(type=float, default=0.0)),
-    (("--sampler",), dict(default=None, help="llada | dream | exact | joint (default: from the other options)")),
-    (("--joint-sampler",), dict(default=None, help="ADJUST layer name or file (e.g. joint-dlm-text)")),
-    (("--tokens-per-step",), dict(type=int, default=None, help="tokens unmasked per full forward (joint)")),
-    (("--eos",), dict(default="stop", help="none | stop | pad: what happens after an end-of-text token")),
-    (("--stream",), dict(action="store_true", help="print the partly decoded text after every step")),
-    (("--trust-remote-code",), dict(action="store_true",
-                                    help="allow a model folder's own Python code to run (LLaDA / Dream need it)")),
-    (("--seed",), dict(type=int, default=0)),
-    (("--device",), dict(default="cpu")),
-    (("--out",), dict(default=None, help="also write the text to this file")),
-]
-
-
-def add_text_arguments(p: argparse.ArgumentParser) -> None:
-    """Add the text options that ``p`` does not define yet (so an image ``sample`` parser can share them)."""
-    have = set(p._option_string_actions)
-    for flags, kw in TEXT_OPTIONS:
-        if not set(flags) & have:
-            p.add_argument(*flags, **kw)
-
-
-def run_text(args: argparse.Namespace) -> int:
-    """``mgen sample --model dlm-text --prompt …``: prints the generated text (``--out FILE`` writes it too)."""
-    from mgen import registry
-
-    model = getattr(args, "model", None)
-    if not model:
-        raise UserError("--model is required (e.g. --model dlm-text)")
-    prompts = getattr(args, "prompt", None)
-    if not prompts or any(not p.strip() for p in prompts):
-        raise UserError("--prompt is required and must not be empty")
-    defaults: dict[str, Any] = {}
-    try:
-        entry = registry.get(model) if not Path(model).exists() else None
-    except UserError:
-        entry = None
-    if entry is not None:
-        defaults = dict(entry.sampler)
-    def pick(value, key, default):
-        return value if value is not None else defaults.get(key, default)
-
-    gen_length = pick(args.gen_length, "gen_length", 64)
-    steps = pick(args.steps, "steps", gen_length)
-    if args.steps is None and args.gen_length is not None and steps > gen_length:
-        steps = gen_length
-    block = pick(args.block_length, "block_length", None)
-    if block is not None and args.block_length is None and gen_length % block:
-        block = gen_length
-    temperature = args.temperature if args.temperature is not None else defaults.get("temperature", 0.0)
-    remasking = args.remasking or defaults.get("remasking", "low_confidence")
-    pipe = DLMPipeline.from_name(model, args.weights, args.joint_sampler, args.trust_remote_code, args.device)
-    stream = None
-    if args.stream:
-        def stream(step: int, texts: list[str]) -> None:
-            sys.stderr.write(f"[step {step}] {texts[0]!r}\n")
-    out = pipe(prompt=prompts, gen_length=gen_length, block_length=block, num_inference_steps=steps,
-               temperature=temperature, top_p=args.top_p, top_k=args.top_k, sampler=args.sampler,
-               remasking=remasking, alg=args.alg, alg_temp=args.alg_temp, cfg_scale=args.cfg_scale,
-               tokens_per_step=args.tokens_per_step, eos=args.eos,
-               generator=torch.Generator().manual_seed(args.seed), stream=stream)
-    texts = [p + t for p, t in zip(prompts, out.texts)]
-    joined = "\n\n".join(texts)
-    print(joined)
-    target = text_out_path(getattr(args, "out", None))
-    if target is not None:
-        tmp = target.with_name(target.name + ".tmp")
-        try:
-            tmp.write_text(joined + "\n")
-            os.replace(tmp, target)
-        except OSError as e:
-            raise UserError(f"cannot write {target}: {e.strerror or e}") from None
-    return 0
-
-
-IMAGE_OUT_DEFAULT = "samples"  # `mgen sample`'s image output folder default: not a request to write text
-
-
-def text_out_path(out: str | None) -> Path | None:
-    """Where ``--out`` asks the text to go: a file, or ``DIR/text.txt`` for an existing folder; None for none."""
-    if not out or out == IMAGE_OUT_DEFAULT:
-        return None
-    p = Path(out).expanduser()
-    return p / "text.txt" if p.is_dir() else p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone text sampling entry point with mgen's error convention (one line, exit 2)."""
-    from mgen.cli import _Parser
-
-    p = _Parser(prog="mgen sample", description="sample text from a masked diffusion LM")
-    add_text_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run_text(args)
-    except UserError as e:
-        sys.stderr.write(f"mgen sample: error: {e}\n")
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    def decode(self, ids: torch.Tensor | Sequence[int]) -> str:
+        """Text of generated ids: the model's mask / EOS / pad ids and the tokenizer's special tokens dropped."""
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else [int(i) for i in ids]
+        drop = {getattr(self.model, k, None) for k in ("mask_id", "eos_id", "pad_id")}
+        ids = [i for i in ids if i not in drop]
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
