@@ -66,8 +66,9 @@ def test_resume_is_bit_exact(tmp_path):
 
 
 def test_warmup_and_cosine_schedule(tmp_path):
+    """transformers' warm-up + cosine: step s runs at lr*s/W during warm-up (0 at the first step), min_lr at the end."""
     t = _trainer(tmp_path, lr_schedule="cosine", min_lr=1e-4)
-    assert t.lr_at(0) == pytest.approx(1e-2 / 3) and t.lr_at(2) == pytest.approx(1e-2)
+    assert t.lr_at(0) == 0.0 and t.lr_at(1) == pytest.approx(1e-2 / 3) and t.lr_at(3) == pytest.approx(1e-2)
     assert t.lr_at(12) == pytest.approx(1e-4)
 
 
@@ -88,31 +89,37 @@ def test_bad_settings(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_with_torchrun(tmp_path):
-    """The same loop under a 2-process launcher (gloo on CPU): each process takes its slice of the batch."""
+    """The same loop under torchrun (gloo on CPU): the config's batch is the global batch, split over processes.
+    (tests/train/test_train_distributed.py runs it under ``accelerate launch``.)"""
     import os
+    import socket
     import subprocess
     import sys
 
     from conftest import REPO_ROOT
 
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     script = tmp_path / "run.py"
     script.write_text(
         "import sys, torch\n"
         f"sys.path.insert(0, {str(REPO_ROOT / 'tests')!r})\n"
         "from test_foundation_trainer import TinyTask, _data\n"
         "from mgen.train import TrainConfig, Trainer\n"
-        "t = Trainer(TinyTask(), _data(), TrainConfig(out_dir=sys.argv[1], max_steps=4, batch_size=4, lr=1e-2,"
+        "t = Trainer(TinyTask(), _data(), TrainConfig(out_dir=sys.argv[1], max_steps=4, batch_size=8, lr=1e-2,"
         " ema_decay=0.9, progress=False, log_every=1))\n"
         "t.train()\n"
         # one file per rank: the two processes share stdout, and their prints can interleave mid-line
         "open(sys.argv[1] + f'.rank{t.rank}', 'w').write(' '.join(map(str, ['RANK', t.rank, 'WORLD', t.world,"
-        " 'GLOBAL', t.global_batch, 'IDX', t.batch_indices(0).tolist()])))\n")
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+        " 'GLOBAL', t.global_batch, 'LOCAL', t.batch_size, 'IDX', t.batch_indices(0).tolist()])))\n")
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
                           str(script), str(tmp_path / "out")], capture_output=True, text=True, timeout=240,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     lines = sorted((tmp_path / f"out.rank{r}").read_text() for r in range(2))
-    assert len(lines) == 2 and all("WORLD 2 GLOBAL 8" in line for line in lines)
+    assert len(lines) == 2 and all("WORLD 2 GLOBAL 8 LOCAL 4" in line for line in lines)
     idx0, idx1 = (set(eval(line.split("IDX", 1)[1])) for line in lines)
     assert not idx0 & idx1, "processes must see disjoint items"
+    assert len(idx0 | idx1) == 8
     assert (tmp_path / "out" / "checkpoint" / "model.safetensors").exists()
