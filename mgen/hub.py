@@ -176,7 +176,8 @@ def how_to_get(entry: registry.ModelEntry) -> str:
     expected = w.filename or w.hf_filename or w.package or "a weights file"
     parts = [f"put {expected} in {mgen_home() / entry.name}/"]
     if w.hf_repo:
-        parts.append(f"run `huggingface-cli download {w.hf_repo} {w.hf_filename or w.filename}`")
+        # huggingface_hub >= 1.0 installs the `hf` command (the older `huggingface-cli` is gone)
+        parts.append(f"run `hf download {w.hf_repo} {w.hf_filename or w.filename or 'model.safetensors'}`")
     if w.url:
         parts.append(f"download {w.url}")
     parts.append("or pass --weights PATH")
