@@ -22,21 +22,32 @@ its ViT-MAE-style ``config.json`` and the ``stat.pt`` statistics; :func:`_offici
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import math
+import os
+from collections.abc import Iterator, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from mgen.errors import UserError, WeightsError
-from mgen.tokenizers.kl import check_images, check_latents
+from mgen.fileio import atomic_dir
+from mgen.hub import load_checkpoint, save_safetensors
+from mgen.tokenizers.base import (CONFIG_NAME, WEIGHTS_NAME, Float32Islands, build_from_arch, check_state_dict,
+                                  config_arch, config_kwargs, finish, folder_of, load_saved_folder, metadata_config,
+                                  plain, read_json, resolve_name, split_loading_kwargs)
+from mgen.tokenizers.checks import check_images, check_latents
+from mgen.tokenizers.training import _train_settings, adversarial_loss, attach_discriminator
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+LEGACY_WEIGHTS_NAME = "model.safetensors"  # older mgen RAE folders
 RAE_NOISE_TAU = 0.8  # Zheng et al. 2025, §3.2
 STAT_EPS = 1e-5  # bytetriper/RAE src/stage1/rae.py (eps) and diffusers AutoencoderRAE (+1e-5)
 LATENT_NORMS = ("var_eps", "std_eps")
@@ -77,28 +88,35 @@ def encoder_from_config(config: dict[str, Any]) -> nn.Module:
     """A transformers vision model (random weights) from its ``config.to_dict()``."""
     from transformers import AutoConfig, AutoModel
 
-    cfg = dict(config)
+    cfg = {k: v for k, v in dict(config).items() if k != "auto_map"}  # no code named by a config ever runs here
     model_type = cfg.pop("model_type", None)
     if model_type is None:
         raise WeightsError("encoder config has no model_type")
-    conf = AutoConfig.for_model(model_type, **cfg)
+    try:
+        conf = AutoConfig.for_model(model_type, **cfg)
+    except (ValueError, KeyError, TypeError) as e:
+        raise WeightsError(f"encoder config: {str(e).splitlines()[0]}") from None
     if model_type == "vit_mae":
         conf.mask_ratio = 0.0
-    model = AutoModel.from_config(conf)
+    model = AutoModel.from_config(conf, trust_remote_code=False)
     return getattr(model, "vision_model", None) if model_type in ("siglip", "siglip2") else model
 
 
-def load_encoder(folder: str | Path) -> nn.Module:
-    """A pretrained transformers vision backbone from a local folder (never downloads)."""
+def load_encoder(folder: str | os.PathLike, trust_remote_code: bool = False) -> nn.Module:
+    """A pretrained transformers vision backbone from a local folder: never downloads, never asks on stdin, and
+    runs code that the folder's ``config.json`` names (``auto_map``) only with ``trust_remote_code=True``."""
     from transformers import AutoModel
 
-    folder = Path(folder)
+    folder = Path(os.fspath(folder)).expanduser()
     if not (folder / CONFIG_NAME).is_file():
         raise WeightsError(f"{folder}: not a transformers model folder (no config.json)")
     try:
-        model = AutoModel.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
-        raise WeightsError(f"{folder}: could not load the encoder ({str(e).splitlines()[0]})") from None
+        model = AutoModel.from_pretrained(str(folder), local_files_only=True, trust_remote_code=bool(trust_remote_code))
+    except (OSError, ValueError, KeyError, ImportError, RuntimeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not trust_remote_code and ("trust_remote_code" in str(e) or "custom code" in str(e)):
+            msg = "its config.json names code of its own (auto_map); mgen runs it only with trust_remote_code=True"
+        raise WeightsError(f"{folder}: could not load the encoder ({msg[:300]})") from None
     if model.config.model_type in ("siglip", "siglip2") and hasattr(model, "vision_model"):
         model = model.vision_model
     if getattr(model.config, "model_type", "") == "vit_mae":
@@ -177,27 +195,77 @@ class RAEDecoder(nn.Module):
 
 # -- the tokenizer ----------------------------------------------------------------------------------
 
-class RAETokenizer(nn.Module):
+#: a loaded encoder module for the next ``RAETokenizer.__init__`` (so a pretrained encoder is not built twice)
+_PREBUILT_ENCODER: contextvars.ContextVar[nn.Module | None] = contextvars.ContextVar("mgen_rae_encoder", default=None)
+_DECODER_DEFAULTS = {"hidden_size": 512, "depth": 8, "num_heads": 16, "mlp_ratio": 4.0, "patch_size": 16,
+                     "layer_norm_eps": 1e-12, "pos_scale": 1.0}
+_STATS = ("pixel_mean", "pixel_std", "latents_mean", "latents_var")
+_LEGACY_KEYS = {"image_mean": "pixel_mean", "image_std": "pixel_std"}  # buffer names of older mgen files
+
+
+@contextlib.contextmanager
+def _prebuilt_encoder(encoder: nn.Module) -> Iterator[None]:
+    token = _PREBUILT_ENCODER.set(encoder)
+    try:
+        yield
+    finally:
+        _PREBUILT_ENCODER.reset(token)
+
+
+def _encoder_config_dict(encoder: nn.Module) -> dict[str, Any]:
+    """The JSON config of a transformers encoder, without what must not travel (auto_map: code; dtype)."""
+    cfg = encoder.config.to_dict()
+    for k in ("auto_map", "dtype", "torch_dtype", "_name_or_path", "_commit_hash", "_attn_implementation_autoset"):
+        cfg.pop(k, None)
+    cfg["model_type"] = encoder.config.model_type
+    return plain(cfg)
+
+
+class RAETokenizer(Float32Islands, ModelMixin, ConfigMixin):
     """Continuous tokenizer: images in [-1, 1] ↔ normalised representation-encoder patch tokens (B, C, h, w).
 
     ``encode(x)`` returns the normalised tokens (deterministic: the posterior is a point), ``decode(z)``
     maps them back to images in [-1, 1]; ``scaling_factor`` is 1 (the statistics already normalise).
+
+    Config fields: ``encoder_config`` (the transformers config of the frozen encoder, ``model_type`` included; a
+    registry ``arch.encoder`` without one is a ViT-MAE), ``decoder_config`` (the ViT decoder's sizes; the
+    registry spells the two ``encoder`` / ``decoder``, which ``__init__`` also takes), the encoder's
+    input size and image mean/std, ``noise_tau``, ``strip_norm_affine``, ``scaling_factor``, ``latent_norm``.
+    The frozen encoder's weights are part of the state dict (``encoder.*``), so ``save_pretrained`` /
+    ``from_pretrained`` restore the whole tokenizer without the encoder's folder. Under ``.to(torch.bfloat16)``
+    the encoder and decoder run in bf16; the image and latent statistics stay float32 and the normalisation,
+    the noise augmentation and the outputs of ``encode`` / ``decode`` are float32.
     """
 
-    def __init__(self, encoder: nn.Module, decoder_config: dict[str, Any], encoder_input_size: int | None = None,
+    config_name = CONFIG_NAME
+    ignore_for_config = ["encoder", "decoder"]  # the registry's spellings of the two config fields
+    _keep_in_fp32_modules = list(_STATS)
+    _fp32_tensors = _STATS
+
+    @register_to_config
+    def __init__(self, encoder_config: Mapping[str, Any] | None = None,
+                 decoder_config: Mapping[str, Any] | None = None, encoder_input_size: int | None = None,
                  image_mean: Sequence[float] = IMAGENET_MEAN, image_std: Sequence[float] = IMAGENET_STD,
-                 latents_mean: torch.Tensor | None = None, latents_var: torch.Tensor | None = None,
                  noise_tau: float = RAE_NOISE_TAU, strip_norm_affine: bool = True, scaling_factor: float = 1.0,
-                 latent_norm: str = "var_eps") -> None:
+                 latent_norm: str = "var_eps", *, encoder: Mapping[str, Any] | None = None,
+                 decoder: Mapping[str, Any] | None = None) -> None:
         super().__init__()
+        if encoder is not None and encoder_config is not None or decoder is not None and decoder_config is not None:
+            raise UserError("RAE arch: give encoder/decoder or encoder_config/decoder_config, not both")
+        encoder = encoder if encoder is not None else encoder_config
+        decoder = decoder if decoder is not None else decoder_config
         if latent_norm not in LATENT_NORMS:
             raise UserError(f"latent_norm must be one of {LATENT_NORMS}, got {latent_norm!r}")
-        self.latent_norm = latent_norm
-        self.encoder = encoder.eval().requires_grad_(False)
+        enc = _PREBUILT_ENCODER.get()
+        if enc is None:
+            enc_cfg = encoder
+            if not isinstance(enc_cfg, Mapping):
+                raise UserError("RAE arch: 'encoder' must be the encoder's transformers config (a mapping)")
+            enc = encoder_from_config({"model_type": "vit_mae", **enc_cfg})
+        self.encoder = enc.eval().requires_grad_(False)
         if strip_norm_affine:
             strip_final_norm_affine(self.encoder)
-        self.strip_norm_affine = bool(strip_norm_affine)
-        cfg = encoder.config
+        cfg = enc.config
         self.encoder_patch = _patch_size(cfg)
         size = encoder_input_size or getattr(getattr(cfg, "vision_config", cfg), "image_size", 224)
         self.encoder_input_size = int(size if isinstance(size, int) else size[0])
@@ -205,20 +273,23 @@ class RAETokenizer(nn.Module):
             raise UserError(f"encoder input size {self.encoder_input_size} is not a multiple of its patch size {self.encoder_patch}")
         self.grid = self.encoder_input_size // self.encoder_patch
         self.latent_dim = int(getattr(cfg, "hidden_size"))
-        dc = {"hidden_size": 512, "depth": 8, "num_heads": 16, "mlp_ratio": 4.0, "patch_size": 16, "layer_norm_eps": 1e-12,
-              "pos_scale": 1.0, **decoder_config}
-        self.decoder_config = dc
+        unknown = sorted(set(decoder or {}) - set(_DECODER_DEFAULTS))
+        if unknown:
+            raise UserError(f"RAE decoder: unknown keys {unknown}; allowed {sorted(_DECODER_DEFAULTS)}")
+        dc = {**_DECODER_DEFAULTS, **dict(decoder or {})}
         self.decoder = RAEDecoder(self.latent_dim, self.grid, int(dc["patch_size"]), int(dc["hidden_size"]), int(dc["depth"]),
                                   int(dc["num_heads"]), float(dc["mlp_ratio"]), 3, float(dc["layer_norm_eps"]),
                                   float(dc["pos_scale"]))
         self.image_size = self.grid * int(dc["patch_size"])
-        self.register_buffer("image_mean", torch.tensor(list(image_mean), dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("image_std", torch.tensor(list(image_std), dtype=torch.float32).view(1, -1, 1, 1))
+        # (not called image_mean/std: those names are config fields, which ConfigMixin serves as attributes)
+        self.register_buffer("pixel_mean", torch.tensor(list(image_mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("pixel_std", torch.tensor(list(image_std), dtype=torch.float32).view(1, -1, 1, 1))
         shape = (self.latent_dim, self.grid, self.grid)
-        self.register_buffer("latents_mean", torch.zeros(shape) if latents_mean is None else latents_mean.float().expand(shape).clone())
-        self.register_buffer("latents_var", torch.ones(shape) if latents_var is None else latents_var.float().expand(shape).clone())
-        self.noise_tau = float(noise_tau)
-        self.scaling_factor = float(scaling_factor)
+        self.register_buffer("latents_mean", torch.zeros(shape))
+        self.register_buffer("latents_var", torch.ones(shape))
+        self.register_to_config(encoder_config=_encoder_config_dict(enc), decoder_config=plain(dc),
+                                encoder_input_size=self.encoder_input_size, image_mean=plain(list(image_mean)),
+                                image_std=plain(list(image_std)), _use_default_values=[])
 
     def train(self, mode: bool = True) -> "RAETokenizer":
         super().train(mode)
@@ -229,94 +300,122 @@ class RAETokenizer(nn.Module):
     def stride(self) -> int:
         return int(self.decoder.patch_size)
 
+    @property
+    def image_mean(self) -> torch.Tensor:
+        """The encoder's input mean (1, 3, 1, 1), float32."""
+        return self.pixel_mean
+
+    @property
+    def image_std(self) -> torch.Tensor:
+        return self.pixel_std
+
+    @property
+    def latent_norm(self) -> str:
+        return str(self.config.latent_norm)
+
+    @property
+    def strip_norm_affine(self) -> bool:
+        return bool(self.config.strip_norm_affine)
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.config.scaling_factor)
+
+    @scaling_factor.setter
+    def scaling_factor(self, value: float) -> None:
+        self.register_to_config(scaling_factor=float(value))
+
+    @property
+    def noise_tau(self) -> float:
+        """σ ~ U(0, τ) of the noise-augmented decoder training (RAE §3.2)."""
+        return float(self.config.noise_tau)
+
+    @noise_tau.setter
+    def noise_tau(self, value: float) -> None:
+        self.register_to_config(noise_tau=float(value))
+
     # -- construction ---------------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
-        return {"_class_name": "RAETokenizer", "encoder_config": self.encoder.config.to_dict(),
-                "decoder": self.decoder_config, "encoder_input_size": self.encoder_input_size,
-                "image_mean": self.image_mean.flatten().tolist(), "image_std": self.image_std.flatten().tolist(),
-                "noise_tau": self.noise_tau, "strip_norm_affine": self.strip_norm_affine,
-                "scaling_factor": self.scaling_factor, "latent_norm": self.latent_norm}
+        cfg = {k: plain(v) for k, v in self.config.items() if not k.startswith("_")}
+        cfg["_class_name"] = type(self).__name__
+        return cfg
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "RAETokenizer":
-        enc_cfg = dict(config["encoder_config"])
-        encoder = encoder_from_config(enc_cfg)
-        return cls(encoder, dict(config.get("decoder", {})), config.get("encoder_input_size"),
-                   config.get("image_mean", IMAGENET_MEAN), config.get("image_std", IMAGENET_STD),
-                   noise_tau=float(config.get("noise_tau", RAE_NOISE_TAU)),
-                   strip_norm_affine=bool(config.get("strip_norm_affine", True)),
-                   scaling_factor=float(config.get("scaling_factor", 1.0)),
-                   # files written before the option existed used diffusers' (std + eps)
-                   latent_norm=str(config.get("latent_norm", "std_eps")))
+    def from_arch(cls, arch: Mapping[str, Any]) -> "RAETokenizer":
+        """Random weights (a random encoder too) from a registry ``arch`` mapping; unknown keys: ``UserError``."""
+        return build_from_arch(cls, arch, "RAE")
 
     @classmethod
-    def from_encoder(cls, encoder_folder: str | Path, decoder_config: dict[str, Any], **kwargs: Any) -> "RAETokenizer":
+    def with_encoder(cls, encoder: nn.Module, decoder: Mapping[str, Any] | None = None, **fields: Any) -> "RAETokenizer":
+        """A new RAE (untrained decoder, identity statistics) around an already loaded encoder module."""
+        with _prebuilt_encoder(encoder):
+            return cls(encoder_config=_encoder_config_dict(encoder), decoder_config=dict(decoder or {}), **fields)
+
+    @classmethod
+    def from_encoder(cls, encoder_folder: str | os.PathLike, decoder_config: Mapping[str, Any],
+                     trust_remote_code: bool = False, **kwargs: Any) -> "RAETokenizer":
         """A new RAE (untrained decoder, identity statistics) on a pretrained encoder folder."""
-        return cls(load_encoder(encoder_folder), decoder_config, **kwargs)
+        return cls.with_encoder(load_encoder(encoder_folder, trust_remote_code=trust_remote_code), decoder_config,
+                                **kwargs)
 
     @classmethod
-    def from_pretrained(cls, path_or_name: str | Path) -> "RAETokenizer":
-        """An mgen RAE folder or single ``.safetensors`` file, a diffusers ``AutoencoderRAE`` folder, or a
-        registered name (``rae-digits``)."""
-        from mgen import hub
-
-        p = Path(path_or_name).expanduser()
+    def from_pretrained(cls, path_or_name: str | os.PathLike, config: Any = None, **kwargs: Any) -> "RAETokenizer":
+        """A folder written by :meth:`save_pretrained` (diffusers' loader), an older mgen RAE folder or single
+        ``.safetensors`` file (config in its metadata, as the shipped ``rae-digits``), a diffusers
+        ``AutoencoderRAE`` folder, or a registered name (``rae-digits``). ``config`` is accepted for the
+        resolver (the files carry their config); ``torch_dtype`` is honoured. Nothing is downloaded and no code
+        from a folder runs."""
+        dtype, rest = split_loading_kwargs(kwargs, cls.__name__)
+        config_arch(config, cls, "an RAE tokenizer")
+        p = Path(os.fspath(path_or_name)).expanduser()
         if not p.exists():
-            from mgen.tokenizers.kl import _check_family
-
-            _check_family(str(path_or_name), "rae", "an RAE tokenizer")
-            p = hub.resolve(str(path_or_name), what="tokenizer weights").path
-        if p.is_dir():
-            cfg_path = p / CONFIG_NAME
+            _, p = resolve_name(str(path_or_name), cls, "an RAE tokenizer")
+        folder = folder_of(p)
+        if folder is not None:
+            cfg_path = folder / CONFIG_NAME
             if not cfg_path.is_file():
-                raise WeightsError(f"{p}: no {CONFIG_NAME}")
-            try:
-                config = json.loads(cfg_path.read_text())
-            except json.JSONDecodeError as e:
-                raise WeightsError(f"{cfg_path}: not valid JSON ({e})") from None
-            if config.get("_class_name") == "AutoencoderRAE":
-                return cls._from_diffusers(p)
-            if config.get("_class_name") != "RAETokenizer":
-                raise WeightsError(f"{p}: holds a {config.get('_class_name')}, not an RAE")
-            return cls._build(config, p / WEIGHTS_NAME)
-        if p.suffix != ".safetensors":
-            raise WeightsError(f"{p}: expected an RAE folder or an mgen .safetensors file")
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(p), "pt") as f:
-                meta = f.metadata() or {}
-        except (SafetensorError, OSError) as e:
-            raise WeightsError(f"{p}: corrupt or truncated safetensors file ({e})") from None
-        if "config" not in meta:
-            raise WeightsError(f"{p}: no RAE config in the file's metadata")
-        return cls._build(json.loads(meta["config"]), p)
+                raise WeightsError(f"{folder}: no {CONFIG_NAME}")
+            stored = read_json(cfg_path)
+            if stored.get("_class_name") == "AutoencoderRAE":
+                tok = cls._from_diffusers(folder)
+            elif stored.get("_class_name") != cls.__name__:
+                raise WeightsError(f"{folder}: holds a {stored.get('_class_name')}, not an RAE")
+            elif (folder / WEIGHTS_NAME).is_file() or not (folder / LEGACY_WEIGHTS_NAME).is_file():
+                tok = load_saved_folder(cls, folder, rest)
+            else:  # an older mgen folder: config.json (encoder_config) + model.safetensors
+                tok = cls._build(stored, folder / LEGACY_WEIGHTS_NAME)
+        else:
+            if p.suffix != ".safetensors":
+                raise WeightsError(f"{p}: expected an RAE folder or an mgen .safetensors file")
+            stored = metadata_config(p)
+            if stored is None:
+                raise WeightsError(f"{p}: no RAE config in the file's metadata")
+            tok = cls._build(stored, p)
+        return finish(tok, dtype)
 
     @classmethod
-    def _build(cls, config: dict[str, Any], weights: Path) -> "RAETokenizer":
-        from mgen.hub import load_checkpoint
-
-        tok = cls.from_config(config)
-        sd = load_checkpoint(weights)
-        own = tok.inference_state_dict()
-        missing = [k for k in own if k not in sd]
-        unexpected = [k for k in sd if k not in own]
-        if missing or unexpected:
-            raise WeightsError(f"{weights}: weights do not match the RAE config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-        for k, v in sd.items():
-            if own[k].shape != v.shape:
-                raise WeightsError(f"{weights}: {k} has shape {tuple(v.shape)}, the config expects {tuple(own[k].shape)}")
-            if v.is_floating_point() and not torch.isfinite(v).all():
-                raise WeightsError(f"{weights}: parameter {k} contains NaN or infinite values")
+    def _build(cls, config: Mapping[str, Any], weights: Path) -> "RAETokenizer":
+        """A tokenizer from a stored config (this class's, or the older ``encoder_config`` spelling, whose
+        files used diffusers' ``std + eps`` normalisation) and its weights file."""
+        cfg = config_kwargs(cls, config)  # (older files: encoder_config + decoder)
+        cfg.setdefault("latent_norm", "std_eps")  # files written before the option existed
+        try:
+            tok = cls(**cfg)
+        except (TypeError, ValueError, KeyError) as e:
+            if isinstance(e, (UserError, WeightsError)):
+                raise
+            raise WeightsError(f"{weights}: bad RAE config ({e})") from None
+        sd = {_LEGACY_KEYS.get(k, k): v for k, v in load_checkpoint(weights).items()}
+        check_state_dict(tok.inference_state_dict(), sd, str(weights), "RAE")
         tok.load_state_dict(sd)
         return tok.eval()
 
     @classmethod
     def _from_diffusers(cls, folder: Path) -> "RAETokenizer":
-        from diffusers import AutoencoderRAE
+        from diffusers import AutoencoderRAE  # diffusers' model class (no code from the folder runs)
 
         try:
-            ref = AutoencoderRAE.from_pretrained(str(folder), local_files_only=True)
+            ref = AutoencoderRAE.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise WeightsError(f"{folder}: could not load the AutoencoderRAE folder ({str(e).splitlines()[0]})") from None
         c = ref.config
@@ -328,10 +427,12 @@ class RAETokenizer(nn.Module):
                           "mlp_ratio": inter / hidden, "patch_size": dec.patch_size,
                           "layer_norm_eps": dec.decoder_norm.eps,
                           "pos_scale": 16.0 / math.isqrt(dec.num_patches)}  # diffusers' base_size=16
-        tok = cls(ref.encoder, decoder_config, c.encoder_input_size, ref.encoder_mean.flatten().tolist(),
-                  ref.encoder_std.flatten().tolist(), noise_tau=c.noise_tau, strip_norm_affine=False,
-                  scaling_factor=float(c.scaling_factor), latent_norm="std_eps")
-        tok.strip_norm_affine = True  # diffusers already built the encoder without the final affine
+        tok = cls.with_encoder(ref.encoder, decoder_config, encoder_input_size=c.encoder_input_size,
+                               image_mean=ref.encoder_mean.flatten().tolist(),
+                               image_std=ref.encoder_std.flatten().tolist(), noise_tau=c.noise_tau,
+                               strip_norm_affine=False, scaling_factor=float(c.scaling_factor), latent_norm="std_eps")
+        # diffusers already built the encoder without the final affine: record it, so a reload strips it too
+        tok.register_to_config(strip_norm_affine=True)
         tok.decoder.load_state_dict(_diffusers_decoder_to_mgen(dec.state_dict()))
         shape = tuple(tok.latents_mean.shape)
         # diffusers normalises (z - mean) / (std + 1e-5); mgen stores the variance: var = std².
@@ -344,7 +445,7 @@ class RAETokenizer(nn.Module):
                       decoder_weights: str | Path | dict[str, torch.Tensor] | None = None,
                       stats: str | Path | None = None, encoder_input_size: int = 224, decoder_patch_size: int = 16,
                       noise_tau: float = RAE_NOISE_TAU, image_mean: Sequence[float] | None = None,
-                      image_std: Sequence[float] | None = None) -> "RAETokenizer":
+                      image_std: Sequence[float] | None = None, trust_remote_code: bool = False) -> "RAETokenizer":
         """The official stage-1 RAE (bytetriper/RAE ``src/stage1/rae.py``) from its parts.
 
         ``encoder``: a local transformers folder (DINOv2-with-registers, SigLIP2, ViT-MAE) or a loaded model;
@@ -355,14 +456,15 @@ class RAETokenizer(nn.Module):
         training checkpoint's ``{"ema": ...}``/``{"model": ...}`` with ``decoder.`` prefixes).
         ``stats``: ``stat.pt`` = ``{"mean", "var"}`` (normalisation ``(z − mean)/sqrt(var + 1e-5)``).
         ``encoder_input_size`` (224 for the 14-patch DINOv2 at 256 px; 256 for MAE/SigLIP2) and
-        ``decoder_patch_size`` (16) are the official constructor's arguments.
+        ``decoder_patch_size`` (16) are the official constructor's arguments. ``trust_remote_code``: run code
+        that the encoder folder's ``config.json`` names (``auto_map``); off unless the caller opts in.
         """
         enc_folder = None
         if isinstance(encoder, nn.Module):
             enc = encoder
         else:
             enc_folder = Path(encoder).expanduser()
-            enc = load_encoder(enc_folder)
+            enc = load_encoder(enc_folder, trust_remote_code=trust_remote_code)
         if image_mean is None or image_std is None:
             mean, std = IMAGENET_MEAN, IMAGENET_STD
             proc = enc_folder / "preprocessor_config.json" if enc_folder is not None else None
@@ -384,8 +486,9 @@ class RAETokenizer(nn.Module):
                "patch_size": int(decoder_patch_size), "layer_norm_eps": float(dcfg.get("layer_norm_eps", 1e-12))}
         if int(dcfg.get("num_channels", 3)) != 3 or not dcfg.get("qkv_bias", True):
             raise WeightsError("RAE decoder config: only 3-channel decoders with qkv_bias are supported")
-        tok = cls(enc, dec, int(encoder_input_size), image_mean, image_std, noise_tau=noise_tau,
-                  strip_norm_affine=True, latent_norm="var_eps")
+        tok = cls.with_encoder(enc, dec, encoder_input_size=int(encoder_input_size), image_mean=list(image_mean),
+                               image_std=list(image_std), noise_tau=noise_tau, strip_norm_affine=True,
+                               latent_norm="var_eps")
         if tok.decoder.blocks and tok.decoder.blocks[0].mlp.fc1.out_features != inter:
             raise WeightsError(f"RAE decoder config: intermediate size {inter} is not representable")
         if decoder_weights is not None:
@@ -412,21 +515,8 @@ class RAETokenizer(nn.Module):
             tok.load_stats(stats)
         return tok.eval()
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """``config.json`` + ``model.safetensors`` (encoder, decoder and latent statistics)."""
-        from mgen.hub import save_safetensors
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        cfg = self.config_dict()
-        save_safetensors(self.inference_state_dict(), d / WEIGHTS_NAME, metadata={"config": json.dumps(cfg), "format": "pt"})
-        tmp = d / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(cfg, indent=2))
-        tmp.replace(d / CONFIG_NAME)
-
-    def save_file(self, path: str | Path) -> None:
-        from mgen.hub import save_safetensors
-
+    def save_file(self, path: str | os.PathLike) -> None:
+        """One self-describing ``.safetensors`` file (config in its metadata), as shipped in ``mgen/weights``."""
         save_safetensors(self.inference_state_dict(), path, metadata={"config": json.dumps(self.config_dict()), "format": "pt"})
 
     def inference_state_dict(self) -> dict[str, torch.Tensor]:
@@ -436,16 +526,18 @@ class RAETokenizer(nn.Module):
     # -- encode / decode ------------------------------------------------------------------------
     def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
         """[-1, 1] images → the encoder's input: [0, 1], resized (bicubic) to its input size, mean/std-normalised."""
-        x = (x + 1) / 2
+        x = (x.float() + 1) / 2
         if x.shape[-2:] != (self.encoder_input_size, self.encoder_input_size):
             x = F.interpolate(x, size=(self.encoder_input_size,) * 2, mode="bicubic", align_corners=False)
-        return (x - self.image_mean.to(x.dtype)) / self.image_std.to(x.dtype)
+        return (x - self.pixel_mean.float()) / self.pixel_std.float()
 
     @torch.no_grad()
     def raw_latents(self, x: torch.Tensor) -> torch.Tensor:
         """Un-normalised encoder patch tokens as a (B, C, h, w) grid."""
         x = check_images(x, 3, 1)
-        tokens = encoder_tokens(self.encoder, self.encoder_input(x.float()))
+        param = next(self.encoder.parameters())
+        pixels = self.encoder_input(x.float()).to(device=param.device, dtype=param.dtype)
+        tokens = encoder_tokens(self.encoder, pixels).float()
         b, n, c = tokens.shape
         return tokens.transpose(1, 2).reshape(b, c, self.grid, self.grid)
 
@@ -455,10 +547,11 @@ class RAETokenizer(nn.Module):
         return self.latents_var.sqrt() + STAT_EPS  # diffusers AutoencoderRAE: std + eps
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
-        return (z - self.latents_mean) / self._latent_scale()
+        """Raw latents → normalised latents, in float32."""
+        return (z.float() - self.latents_mean.float()) / self._latent_scale().float()
 
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self._latent_scale() + self.latents_mean
+        return z.float() * self._latent_scale().float() + self.latents_mean.float()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (B, 3, H, W) → normalised latents (B, C, h, w)."""
@@ -467,7 +560,9 @@ class RAETokenizer(nn.Module):
     def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
         """Normalised latents → images in [-1, 1] (not clamped)."""
         tokens = self.denormalize(z).flatten(2).transpose(1, 2)
-        img = self.decoder(tokens) * self.image_std + self.image_mean  # back to [0, 1]
+        param = self.decoder.embed.weight
+        out = self.decoder(tokens.to(device=param.device, dtype=param.dtype)).float()
+        img = out * self.pixel_std.float() + self.pixel_mean.float()  # back to [0, 1]
         return img * 2 - 1
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -492,15 +587,11 @@ class RAETokenizer(nn.Module):
 
     def save_stats(self, path: str | Path) -> None:
         """Write the normalisation statistics as a ``{"mean", "var"}`` file (safetensors)."""
-        from mgen.hub import save_safetensors
-
         save_safetensors({"mean": self.latents_mean, "var": self.latents_var}, path)
 
     def load_stats(self, path: str | Path) -> None:
         """Read ``{"mean", "var"}`` statistics (safetensors, or a ``torch.save``d dict as the official RAE
         ``stat_path`` files), per position (C, h, w), per channel (C,) / (C, 1, 1) or scalar."""
-        from mgen.hub import load_checkpoint
-
         stats = load_checkpoint(path)
         if not isinstance(stats, dict) or not ({"mean", "var"} & set(stats)):
             raise WeightsError(f"{path}: expected tensors 'mean' and/or 'var', found {sorted(stats)[:5] if isinstance(stats, dict) else type(stats).__name__}")
@@ -518,7 +609,7 @@ class RAETokenizer(nn.Module):
         z = self.raw_latents(x)
         dev = generator.device
         sigma = self.noise_tau * torch.rand((z.shape[0], 1, 1, 1), generator=generator, device=dev)
-        eps = torch.randn(z.shape, generator=generator, device=dev)
+        eps = torch.randn(z.shape, generator=generator, device=dev)  # float32, as z
         return self.normalize(z + (sigma * eps).to(z.device, z.dtype))
 
 
@@ -556,8 +647,6 @@ def _official_decoder_config(src: str | Path | dict[str, Any]) -> dict[str, Any]
 def _official_decoder_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A ``GeneralDecoder`` state dict from ``model.pt`` (bare) or a stage-1 training checkpoint (``ema``/``model``,
     keys ``decoder.*`` of the whole RAE, optionally under DDP's ``module.`` / compile's ``_orig_mod.``)."""
-    from mgen.hub import load_checkpoint
-
     ckpt = load_checkpoint(path)
     sd = ckpt
     for key in ("ema", "model", "state_dict"):
@@ -609,13 +698,22 @@ def _official_decoder_to_mgen(sd: dict[str, torch.Tensor], what: str = "decoder 
     return out
 
 
-def convert_official_rae(src: str | Path, out: str | Path, encoder: str | None = None, decoder_config: str | None = None,
-                         stats: str | None = None, encoder_input_size: int = 224, decoder_patch_size: int = 16) -> None:
-    """`mgen convert rae MODEL.pt OUT --opt encoder=DIR --opt decoder_config=DIR [--opt stats=stat.pt]`."""
+def convert_official_rae(src: str | os.PathLike, out: str | os.PathLike, encoder: str | None = None,
+                         decoder_config: str | None = None, stats: str | None = None, encoder_input_size: int = 224,
+                         decoder_patch_size: int = 16, trust_remote_code: bool = False, force: bool = False) -> None:
+    """`mgen convert rae MODEL.pt OUT --opt encoder=DIR --opt decoder_config=DIR [--opt stats=stat.pt]`.
+
+    The output folder (encoder weights included) is built in a temporary sibling and renamed into place
+    (:func:`mgen.fileio.atomic_dir`). Code named by the encoder folder's ``auto_map`` runs only with
+    ``trust_remote_code=True`` (``--opt trust_remote_code=true``)."""
     if encoder is None or decoder_config is None:
         raise UserError("convert rae: needs --opt encoder=ENCODER_FOLDER and --opt decoder_config=DECODER_CONFIG_DIR")
-    RAETokenizer.from_official(encoder, decoder_config, Path(src), stats, int(encoder_input_size),
-                               int(decoder_patch_size)).save_pretrained(out)
+    if not isinstance(trust_remote_code, bool):
+        raise UserError(f"convert rae: trust_remote_code must be true or false, got {trust_remote_code!r}")
+    tok = RAETokenizer.from_official(encoder, decoder_config, Path(src), stats, int(encoder_input_size),
+                                     int(decoder_patch_size), trust_remote_code=trust_remote_code)
+    with atomic_dir(out, force=force) as tmp:
+        tok.save_pretrained(tmp)
 
 
 def _diffusers_decoder_to_mgen(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -662,8 +760,6 @@ class RAETrainTask:
         loss = (rec.float() - x.float()).abs().mean()
         if self.perceptual is not None and self.perceptual_weight > 0:
             loss = loss + self.perceptual_weight * self.perceptual.to(x.device)(rec.float(), x.float()).mean()
-        from mgen.tokenizers.kl import adversarial_loss
-
         return loss + adversarial_loss(model, x, rec, self.disc_weight, self.disc_start)
 
     @torch.no_grad()
@@ -691,42 +787,47 @@ class MAEPretrainTask:
         return model(pixel_values=x, noise=noise).loss
 
 
+def build_rae_training(entry: Any, out_dir: str | None = None, max_steps: int | None = None,
+                       batch_size: int | None = None, seed: int | None = None) -> Any:
+    """The trainer of an RAE config on the offline digits: stage 1 pretrains a ViT-MAE encoder (resumable, under
+    OUT/encoder) unless ``train.encoder`` names a folder; stage 2 trains the decoder. ``mgen.train`` is imported
+    here: it sits above the tokenizers in the layers."""
+    from mgen.tokenizers.digits import digits_images
+    from mgen.train.trainer import TrainConfig, Trainer
+
+    own, rest = _train_settings(entry)
+    out = Path(out_dir or f"runs/{entry.name}")
+    cfg = TrainConfig.from_mapping(rest, out_dir=str(out), max_steps=max_steps, batch_size=batch_size, seed=seed)
+    arch = dict(entry.arch)
+    size = int(own.get("image_size", 16))
+    x_train, _ = digits_images("train", size=size)
+    x_test, _ = digits_images("test", size=size)
+    mean, std = arch.get("image_mean", [0.5, 0.5, 0.5]), arch.get("image_std", [0.5, 0.5, 0.5])
+    if own.get("encoder"):
+        encoder = load_encoder(own["encoder"])
+    else:  # stage 1: pretrain a ViT-MAE on the training split (resumable, under OUT/encoder)
+        encoder = _pretrain_mae(arch, own, cfg, x_train, out / "encoder", mean, std)
+    torch.manual_seed(cfg.seed)
+    model = RAETokenizer.with_encoder(encoder, dict(arch.get("decoder", {})),
+                                      encoder_input_size=arch.get("encoder_input_size"), image_mean=list(mean),
+                                      image_std=list(std), noise_tau=float(own.get("noise_tau", RAE_NOISE_TAU)))
+    model.compute_stats(x_train[: int(own.get("stats_samples", x_train.shape[0]))])
+    perceptual = None
+    if own.get("perceptual_weights"):
+        from mgen.tokenizers.lpips import LPIPS
+
+        perceptual = LPIPS.from_file(own["perceptual_weights"])
+    disc_weight, disc_start = attach_discriminator(model, own)
+    task = RAETrainTask(model, perceptual, float(own.get("perceptual_weight", 0.0)), preview=x_test[:16],
+                        disc_weight=disc_weight, disc_start=disc_start)
+    return Trainer(task, (x_train,), cfg)
+
+
 def _register() -> None:
+    """Until ``mgen.train.tasks`` reads the families table (``train=`` names :func:`build_rae_training`)."""
     from mgen.train.tasks import register
 
-    @register("rae")
-    def build(entry, out_dir=None, max_steps=None, batch_size=None, seed=None):
-        from mgen.tokenizers.digits import digits_images
-        from mgen.tokenizers.kl import _train_settings
-        from mgen.train.trainer import TrainConfig, Trainer
-
-        own, rest = _train_settings(entry)
-        out = Path(out_dir or f"runs/{entry.name}")
-        cfg = TrainConfig.from_mapping(rest, out_dir=str(out), max_steps=max_steps, batch_size=batch_size, seed=seed)
-        arch = dict(entry.arch)
-        size = int(own.get("image_size", 16))
-        x_train, _ = digits_images("train", size=size)
-        x_test, _ = digits_images("test", size=size)
-        mean, std = arch.get("image_mean", [0.5, 0.5, 0.5]), arch.get("image_std", [0.5, 0.5, 0.5])
-        if own.get("encoder"):
-            encoder = load_encoder(own["encoder"])
-        else:  # stage 1: pretrain a ViT-MAE on the training split (resumable, under OUT/encoder)
-            encoder = _pretrain_mae(arch, own, cfg, x_train, out / "encoder", mean, std)
-        torch.manual_seed(cfg.seed)
-        model = RAETokenizer(encoder, dict(arch.get("decoder", {})), arch.get("encoder_input_size"), mean, std,
-                             noise_tau=float(own.get("noise_tau", RAE_NOISE_TAU)))
-        model.compute_stats(x_train[: int(own.get("stats_samples", x_train.shape[0]))])
-        perceptual = None
-        if own.get("perceptual_weights"):
-            from mgen.tokenizers.lpips import LPIPS
-
-            perceptual = LPIPS.from_file(own["perceptual_weights"])
-        from mgen.tokenizers.kl import attach_discriminator
-
-        disc_weight, disc_start = attach_discriminator(model, own)
-        task = RAETrainTask(model, perceptual, float(own.get("perceptual_weight", 0.0)), preview=x_test[:16],
-                            disc_weight=disc_weight, disc_start=disc_start)
-        return Trainer(task, (x_train,), cfg)
+    register("rae")(build_rae_training)
 
 
 @torch.no_grad()
