@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -77,9 +78,15 @@ def check_out_dir(out: str | os.PathLike) -> Path:
     return d
 
 
+def _build(entry, out_dir: str, max_steps: int | None, batch_size: int | None, seed: int | None):
+    """The family's trainer for ``entry`` (the one place this command meets the builders)."""
+    from mgen.train.tasks import build_training
+
+    return build_training(entry, out_dir=out_dir, max_steps=max_steps, batch_size=batch_size, seed=seed)
+
+
 def run(args: argparse.Namespace) -> int:
     from mgen import registry
-    from mgen.train.tasks import build_training
 
     check_args(args)
     entry = registry.load_config_file(args.config) if Path(args.config).suffix in (".yaml", ".yml") else registry.get(args.config)
@@ -88,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
              if v is not None}
     if extra:  # every family's builder hands entry.train to TrainConfig.from_mapping
         entry = dataclasses.replace(entry, train={**entry.train, **extra})
-    trainer = build_training(entry, out_dir=str(out), max_steps=args.max_steps, batch_size=args.batch_size, seed=args.seed)
+    trainer = _build(entry, str(out), args.max_steps, args.batch_size, args.seed)
     trainer.train(resume=not args.no_resume)
+    if trainer.accelerator.is_main_process:
+        written = [p for p in (trainer.checkpoint_dir, trainer.out_dir / "log.jsonl", trainer.curves_path) if p.exists()]
+        sys.stderr.write("mgen train: wrote " + ", ".join(str(p) for p in written) + "\n")
     return 0
