@@ -41,10 +41,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+import mgen.train.checkpoint as ckpt
+import mgen.train.plot as curves
 from mgen.errors import UserError
 from mgen.fileio import clean_stale_temps
-from mgen.train import checkpoint as ckpt
-from mgen.train import plot as curves
 from mgen.train.ema import EMA
 from mgen.train.schedule import SCHEDULES, build_lr_scheduler
 
