@@ -75,10 +75,29 @@ def begin(run_dir: str | os.PathLike, step: int) -> Path:
     return tmp
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)
+
+
 def finish(tmp: Path, step: int, record: dict) -> None:
-    """Write the completeness mark (``trainer.json``, atomically, last of all files) into the temp folder."""
+    """Make the temp folder's files durable and give them the usual file mode, then write the completeness mark
+    (``trainer.json``, atomically, the last file of all)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in tmp.iterdir():
+        if f.is_file():
+            os.chmod(f, 0o666 & ~mask)  # safetensors writes 0600; the rest of the run folder is 0666 - umask
+            _fsync(f)
     with atomic_write(tmp / MARKER) as p:
         p.write_text(json.dumps({"format": FORMAT, "step": step, **record}, indent=2, default=str))
+    _fsync(tmp / MARKER)
+    _fsync(tmp)
 
 
 def publish(tmp: Path, step: int) -> Path:
@@ -92,6 +111,7 @@ def publish(tmp: Path, step: int) -> Path:
         shutil.rmtree(aside, ignore_errors=True)
     else:
         os.replace(tmp, final)
+    _fsync(final.parent)
     return final
 
 
