@@ -246,7 +246,11 @@ class ReCAP:
         return _MARHooks(plan, mask_schedule(model.seq_len, self.base.num_steps), model.seq_len, batch_size,
                          self.head_fast_ratio, self.last_stats)
 
-    def sample(self, model: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    def check(self, model: Any) -> None:
+        """A one-line :class:`UserError` unless this base sampler and ``model`` expose the K/V-cache hooks."""
+        _kind(self.base, model)
+
+    def sample(self, model: torch.nn.Module, *args: Any, callback: Any = None, **kwargs: Any) -> Any:
         """The base sampler's ``sample`` with ReCAP's full/cheap steps (same arguments — ``generator``,
         ``callback`` — same result). The callback runs after every step, full or cheap; a callback that changes
         the state inside a full/cheap cycle makes the cheap step decode the positions reserved at the full step
@@ -260,6 +264,8 @@ class ReCAP:
             raise UserError("pass labels or a batch size")
         if _kind(self.base, model) == "maskgit" and self.base.num_steps > model.grid_size[0] * model.grid_size[1]:
             raise UserError(f"{self.base.num_steps} steps for only {model.grid_size[0] * model.grid_size[1]} tokens")
+        if callback is not None:
+            kwargs["callback"] = callback
         return self.base.sample(model, *args, hooks=self.hooks(model, b), **kwargs)
 
 

@@ -61,7 +61,9 @@ def test_no_cheap_steps_is_the_base_sampler(maskgit, mar):
     assert torch.equal(ReCAP(base, 6, 1).sample(maskgit, labels, generator=gen()), base.sample(maskgit, labels, generator=gen()))
     mb = MARSampler(num_steps=5, cfg=2.0, head_steps=3)
     ref = mb.sample(mar, torch.tensor([1, 2]), generator=gen())
-    assert torch.equal(ReCAP(mb, 0, 0).sample(mar, torch.tensor([1, 2]), generator=gen()), ref)
+    # MAR's plain loop may take exact-mode shortcuts (issue 15) that the hook path does not: equal up to float
+    # rounding, which this random head (outputs ~1e5) amplifies to ~1e-4 relative
+    assert torch.allclose(ReCAP(mb, 0, 0).sample(mar, torch.tensor([1, 2]), generator=gen()), ref, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("cfg", [0.0, 2.0])
