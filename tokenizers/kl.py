@@ -399,8 +399,8 @@ def convert_ldm_checkpoint(src: str | os.PathLike, out: str | os.PathLike, scali
                            force: bool = False) -> None:
     """`mgen convert kl16 SRC OUT`: an official LDM-layout checkpoint → a :class:`KLTokenizer` folder, built in a
     temporary sibling and renamed into place (:func:`mgen.fileio.atomic_dir`; ``force`` replaces an mgen output)."""
-    tok = KLTokenizer.from_pretrained(Path(src), scaling_factor=scaling_factor)
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force) as tmp:  # refused before anything is read if out is taken
+        tok = KLTokenizer.from_pretrained(Path(src), scaling_factor=scaling_factor)
         tok.save_pretrained(tmp)
 
 

@@ -541,6 +541,6 @@ def infer_config(sd: dict[str, torch.Tensor], what: str = "checkpoint") -> MaskG
 def convert_maskgit_jax_vqgan(src: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> None:
     """`mgen convert maskgit-vqgan-jax SRC OUT`: ``vqgan_jax_strongaug.ckpt`` → a :class:`MaskGITJaxVQTokenizer`
     folder, built in a temporary sibling and renamed into place (:func:`mgen.fileio.atomic_dir`)."""
-    tok = MaskGITJaxVQTokenizer.from_pretrained(Path(src))
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force) as tmp:  # refused before anything is read if out is taken
+        tok = MaskGITJaxVQTokenizer.from_pretrained(Path(src))
         tok.save_pretrained(tmp)

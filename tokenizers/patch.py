@@ -11,19 +11,19 @@ variance, as MAR does with KL-16 (0.2325). The Tokenizer protocol of :mod:`mgen.
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from mgen.errors import UserError, WeightsError
-
-CONFIG_NAME = "config.json"
+from mgen.tokenizers.base import (CONFIG_NAME, WEIGHTS_NAME, build_from_arch, config_arch, config_kwargs, finish,
+                                  folder_of, is_own_folder, load_saved_folder, read_json, registry_entry,
+                                  split_loading_kwargs)
 
 
 class PatchTokenizer(ModelMixin, ConfigMixin):
@@ -90,34 +90,33 @@ class PatchTokenizer(ModelMixin, ConfigMixin):
 
     # -- files -----------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path_or_name: str | os.PathLike, **kwargs: Any) -> "PatchTokenizer":
-        """A registry name (``patch-digits``), a folder with ``config.json``, or a ``.json`` file."""
+    def from_arch(cls, arch: Mapping[str, Any]) -> "PatchTokenizer":
+        """From a registry ``arch`` mapping; unknown keys: ``UserError``."""
+        return build_from_arch(cls, arch, "patch tokenizer")
+
+    @classmethod
+    def from_pretrained(cls, path_or_name: str | os.PathLike, config: Any = None, **kwargs: Any) -> "PatchTokenizer":
+        """A registry name (``patch-digits``), a folder written by :meth:`save_pretrained` (diffusers' loader), an
+        older mgen folder / ``.json`` file holding only the config, or ``config`` (a registry name, YAML or arch
+        mapping) when ``path_or_name`` names no weights. ``torch_dtype`` is accepted (there are no weights)."""
+        dtype, rest = split_loading_kwargs(kwargs, cls.__name__)
+        arch = config_arch(config, cls, "a patch tokenizer")
         p = Path(os.fspath(path_or_name)).expanduser()
         if not p.exists():
-            from mgen import hub, registry
+            from mgen import hub
 
-            entry = registry.get(str(path_or_name))
-            if entry.family != "patch":
-                raise UserError(f"{entry.name} is a {entry.family!r} tokenizer, not a patch tokenizer")
+            entry = registry_entry(str(path_or_name), cls, "a patch tokenizer")
             found = hub.find_weights(entry)
             if found is None:
-                return cls(**entry.arch)
+                return finish(cls.from_arch(arch if arch is not None else entry.arch), dtype)
             p = found
+        folder = folder_of(p)
+        if folder is not None and is_own_folder(folder, cls) and (folder / WEIGHTS_NAME).is_file():
+            return finish(load_saved_folder(cls, folder, rest), dtype)
         f = p / CONFIG_NAME if p.is_dir() else p
         if not f.is_file():
             raise WeightsError(f"{p}: no patch tokenizer config ({CONFIG_NAME})")
-        try:
-            data = json.loads(f.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise WeightsError(f"{f}: not a valid patch tokenizer config ({e})") from None
-        known = {"patch_size", "channels", "image_size", "scaling_factor", "shift"}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def save_pretrained(self, directory: str | os.PathLike, **kwargs: Any) -> None:
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        cfg = {"_class_name": type(self).__name__, "patch_size": self.patch_size, "channels": self.channels,
-               "image_size": self.image_size, "scaling_factor": self.scaling_factor, "shift": self.shift}
-        tmp = d / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(cfg, indent=2) + "\n")
-        os.replace(tmp, d / CONFIG_NAME)
+        data = read_json(f)
+        if data.get("_class_name", cls.__name__) != cls.__name__:
+            raise WeightsError(f"{f}: holds a {data.get('_class_name')}, not a {cls.__name__}")
+        return finish(cls(**config_kwargs(cls, data)), dtype)

@@ -710,9 +710,9 @@ def convert_official_rae(src: str | os.PathLike, out: str | os.PathLike, encoder
         raise UserError("convert rae: needs --opt encoder=ENCODER_FOLDER and --opt decoder_config=DECODER_CONFIG_DIR")
     if not isinstance(trust_remote_code, bool):
         raise UserError(f"convert rae: trust_remote_code must be true or false, got {trust_remote_code!r}")
-    tok = RAETokenizer.from_official(encoder, decoder_config, Path(src), stats, int(encoder_input_size),
-                                     int(decoder_patch_size), trust_remote_code=trust_remote_code)
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force) as tmp:  # refused before anything is read if out is taken
+        tok = RAETokenizer.from_official(encoder, decoder_config, Path(src), stats, int(encoder_input_size),
+                                         int(decoder_patch_size), trust_remote_code=trust_remote_code)
         tok.save_pretrained(tmp)
 
 

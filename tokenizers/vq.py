@@ -462,8 +462,8 @@ def _arch_from_mapping(arch: Mapping[str, Any]) -> dict[str, Any]:
 def convert_maskgit_vqgan(src: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> None:
     """`mgen convert maskgit-vqgan SRC OUT`: the taming/MaskGIT VQGAN ``last.ckpt`` → a :class:`VQTokenizer` folder,
     built in a temporary sibling and renamed into place (:func:`mgen.fileio.atomic_dir`)."""
-    tok = VQTokenizer.from_pretrained(Path(src))
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force) as tmp:  # refused before anything is read if out is taken
+        tok = VQTokenizer.from_pretrained(Path(src))
         tok.save_pretrained(tmp)
 
 
