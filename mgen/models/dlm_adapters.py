@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from mgen.errors import UserError, WeightsError
+from mgen.models import diffusion_gemma, llada2
 
 LLADA_MASK_ID = 126336  # github.com/ML-GSAI/LLaDA generate.py: mask_id=126336
 DREAM_MASK_ID = 151666  # github.com/HKUNLP/Dream generation_config: mask_token_id=151666
@@ -142,6 +143,11 @@ def load_hf_dlm(folder: str | os.PathLike, trust_remote_code: bool = False, shif
 
     folder = Path(folder)
     config = read_config(folder)
+    # uniform-state DiffusionGemma and LLaDA2 (causal-LM auto class) are not masked LMs: their own loaders
+    if diffusion_gemma.looks_like_config(config):
+        return diffusion_gemma.load_diffusion_gemma(folder, dtype=dtype, device=device)
+    if llada2.looks_like_config(config):
+        return llada2.load_llada2(folder, trust_remote_code=trust_remote_code, dtype=dtype, device=device)
     kind = detect_kind(config)
     remote = needs_remote_code(config)
     if remote and not trust_remote_code:
