@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -111,6 +111,20 @@ class _PerSampleDraws:
         return out
 
 
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lists of ids → (ids, attention_mask), left-padded with ``pad_id`` (as transformers' generate expects)."""
+    rows = [list(map(int, r)) for r in rows]
+    if not rows or any(len(r) == 0 for r in rows):
+        raise UserError("give at least one non-empty prompt")
+    p = max(len(r) for r in rows)
+    ids = torch.full((len(rows), p), pad_id, dtype=torch.long)
+    am = torch.zeros((len(rows), p), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, p - len(r):] = torch.tensor(r)
+        am[i, p - len(r):] = 1
+    return ids, am
+
+
 def unwrap_diffusion_gemma(model: Any) -> Any:
     """The transformers ``DiffusionGemmaForBlockDiffusion`` inside an mgen adapter (or the model itself)."""
     inner = getattr(model, "hf_model", model)
@@ -131,8 +145,9 @@ class DiffusionGemmaSampler:
     stability_threshold: int | None = 1
     confidence_threshold: float | None = 0.005
     reference: str | None = None
-    tokens_per_forward: torch.Tensor | None = field(default=None, repr=False)
-    _canvases: int = field(default=1, repr=False)
+    max_new_tokens: int = 256  # used when sample() is not given one (pipelines)
+    tokens_per_forward: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _canvases: int = field(default=1, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_denoising_steps, int) or self.max_denoising_steps <= 0:
@@ -148,6 +163,8 @@ class DiffusionGemmaSampler:
             raise UserError(f"confidence_threshold must be > 0 (got {self.confidence_threshold!r})")
         if self.reference not in REFERENCES:
             raise UserError(f"unknown reference {self.reference!r}; choose None or 'transformers'")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens <= 0:
+            raise UserError(f"max_new_tokens must be a positive integer (got {self.max_new_tokens!r})")
 
     @property
     def total_steps(self) -> int:
@@ -162,23 +179,25 @@ class DiffusionGemmaSampler:
         return self._canvases
 
     @torch.no_grad()
-    def sample(self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               max_new_tokens: int = 256, generator: torch.Generator | list[torch.Generator] | None = None,
+    def sample(self, model: Any, input_ids: torch.Tensor | Sequence[Sequence[int]],
+               attention_mask: torch.Tensor | None = None,
+               max_new_tokens: int | None = None, generator: torch.Generator | list[torch.Generator] | None = None,
                eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
                callback: StepCallback | None = None) -> torch.Tensor:
         """Token ids (B, prompt + canvases·canvas_length), as ``model.generate(..., return_dict_in_generate=False)``.
 
-        ``eos_token_id`` / ``pad_token_id`` default to the model's ``generation_config`` (as transformers);
+        ``input_ids``: a (B, P) tensor (with ``attention_mask`` for left padding) or lists of ids (left-padded
+        here). ``max_new_tokens`` defaults to the sampler's field. ``eos_token_id`` / ``pad_token_id`` default to
+        the model's ``generation_config`` (as transformers);
         ``callback(step, temperature, {"x": canvas, "argmax": argmax canvas})`` runs after every denoising step
         and may return replacements for those tensors.
         """
         from transformers import DynamicCache
 
         m = unwrap_diffusion_gemma(model)
+        max_new_tokens = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
             raise UserError(f"max_new_tokens must be a positive integer (got {max_new_tokens!r})")
-        if input_ids.ndim == 1:
-            input_ids = input_ids[None]
         cfg = m.config
         canvas_length, vocab = int(cfg.canvas_length), int(cfg.text_config.vocab_size)
         gen_cfg = getattr(m, "generation_config", None)
@@ -186,7 +205,13 @@ class DiffusionGemmaSampler:
             eos_token_id = getattr(gen_cfg, "eos_token_id", None)
         if pad_token_id is None:
             pad_token_id = getattr(gen_cfg, "pad_token_id", None)
-        device = input_ids.device
+        if not isinstance(input_ids, torch.Tensor):
+            input_ids, attention_mask = _left_pad(input_ids, 0 if pad_token_id is None else int(pad_token_id))
+        elif input_ids.ndim == 1:
+            input_ids = input_ids[None]
+        device = m.device
+        input_ids = input_ids.to(device)
+        attention_mask = None if attention_mask is None else attention_mask.to(device)
         batch, cur_len = input_ids.shape
         max_length = cur_len + max_new_tokens
         self._canvases = math.ceil(max_new_tokens / canvas_length)

@@ -85,9 +85,9 @@ class EntropyBoundSampler:
     temperature: float = 1.0
     max_tokens_per_step: int | None = None  # None: only the bound limits a step
     eos: str = "none"
-    stats: SampleStats = field(default_factory=SampleStats, repr=False)
-    log_q: torch.Tensor | None = field(default=None, repr=False)
-    tokens_per_forward: torch.Tensor | None = field(default=None, repr=False)
+    stats: SampleStats = field(default_factory=SampleStats, init=False, repr=False)
+    log_q: torch.Tensor | None = field(default=None, init=False, repr=False)
+    tokens_per_forward: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.entropy_bound, (int, float)) or not self.entropy_bound > 0:

@@ -209,3 +209,16 @@ def test_folder_without_tokenizer_is_one_line_error(model, tmp_path):
     with pytest.raises(UserError) as e:
         load_diffusion_gemma(tmp_path)
     assert "without a tokenizer" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_hf_text_loader_recognises_the_folder_before_the_masked_lm_path(model, tmp_path):
+    from mgen.models.dlm_adapters import load_hf_dlm
+
+    model.save_pretrained(tmp_path)
+    _save_tokenizer(tmp_path)
+    lm, tok = load_hf_dlm(tmp_path)
+    assert isinstance(lm, DiffusionGemmaLM) and lm.default_sampler == "diffusion_gemma"
+    ids = [tok("t2 t5 t6 t7")["input_ids"], tok("t2 t8")["input_ids"]]  # lists: left-padded by the sampler
+    out = DiffusionGemmaSampler(max_denoising_steps=3, max_new_tokens=4).sample(
+        lm, ids, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 8) and out[1, :2].tolist() == [0, 0]

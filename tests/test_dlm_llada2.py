@@ -171,3 +171,12 @@ def test_llada2_checkpoint_detection(tmp_path):
     assert not looks_like_config({"model_type": "llada"}) and LLADA2_MASK_ID == 156895
     with pytest.raises(UserError, match="trust-remote-code"):
         load_llada2(tmp_path)
+
+
+def test_hf_text_loader_sends_llada2_folders_to_their_loader(tmp_path):
+    from mgen.models.dlm_adapters import load_hf_dlm
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llada2_moe", "auto_map": {
+        "AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM"}}))
+    with pytest.raises(UserError, match="LLaDA2 checkpoint"):
+        load_hf_dlm(tmp_path)

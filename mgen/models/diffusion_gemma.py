@@ -45,6 +45,7 @@ class DiffusionGemmaLM(nn.Module):
     """
 
     mask_id = None
+    default_sampler = "diffusion_gemma"  # the pipeline's sampler for this model (mgen.pipelines.dlm.SAMPLERS)
 
     def __init__(self, hf_model: nn.Module) -> None:
         super().__init__()
@@ -66,6 +67,14 @@ class DiffusionGemmaLM(nn.Module):
     @property
     def config(self) -> Any:
         return self.hf_model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.hf_model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.hf_model.dtype
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.hf_model(*args, **kwargs)

@@ -41,6 +41,8 @@ def is_llada2_folder(folder: str | os.PathLike) -> bool:
 class LLaDA2LM(nn.Module):
     """A loaded LLaDA2 causal-LM class as a text generator: aligned logits, ``mask_id`` / ``eos_id`` / ``pad_id``."""
 
+    default_sampler = "llada2"  # the pipeline's sampler for this model (mgen.pipelines.dlm.SAMPLERS)
+
     def __init__(self, model: nn.Module, mask_id: int, eos_id: int | None, pad_id: int | None) -> None:
         super().__init__()
         self.model = model
