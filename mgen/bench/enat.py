@@ -150,5 +150,5 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     res = run_benchmark(args.size, args.device, args.batch_size, args.steps, args.cfg, args.repeats,
                         None if dtype == torch.float32 else dtype)
     j, m = write_results(res, args.out)
-    res["files"] = [str(j), str(m)]
+    res["written"] = [str(j), str(m)]
     return res

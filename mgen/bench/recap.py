@@ -67,10 +67,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="bench", help="folder for recap-<model>.json / .md")
 
 
-#: the older name of :func:`add_arguments`
-add_args = add_arguments
-
-
 def _check_family(family: Family, model: str) -> None:
     if not family.recap:
         raise UserError(f"ReCAP needs a generator that exposes its K/V cache; {model} is a {family.name!r} model")
@@ -220,5 +216,5 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
              f"{meta['machine']['processor']} ({device}, {meta['threads']} threads), batch {args.batch_size}, "
              f"{args.repeats} timed batches")
     j, m = write_report(result, args.out, stem, title=title)
-    result["files"] = [str(j), str(m)]
+    result["written"] = [str(j), str(m)]
     return result
