@@ -48,6 +48,11 @@ class JointSampler:
             raise UserError(f"tokens_per_step must be between 1 and gen_length={self.gen_length} "
                             f"(got {self.tokens_per_step!r})")
 
+    @property
+    def total_steps(self) -> int:
+        """Step callbacks per call: one per full forward, ceil(gen_length / tokens_per_step)."""
+        return math.ceil(self.gen_length / self.tokens_per_step)
+
     @torch.no_grad()
     def sample(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]] | torch.Tensor,
                layer: torch.nn.Module | None = None, generator: torch.Generator | None = None,

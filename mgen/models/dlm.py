@@ -178,7 +178,8 @@ class MaskedDiffusionLM(ModelMixin, ConfigMixin):
         ``torch_dtype`` is honoured on every path; the diffusers loader's other keyword arguments are accepted
         (forwarded for a diffusers folder, ignored otherwise). The model is returned in ``eval()`` mode.
         """
-        torch_dtype = kwargs.pop("torch_dtype", None)
+        torch_dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)  # diffusers 0.42 name: dtype
+        kwargs.pop("torch_dtype", None)
         device = kwargs.get("device_map")
         path = Path(os.fspath(pretrained_model_name_or_path)).expanduser()
         sub = kwargs.get("subfolder")
@@ -211,7 +212,7 @@ class MaskedDiffusionLM(ModelMixin, ConfigMixin):
         dtype = kwargs.get("dtype") or next((a for a in args if isinstance(a, torch.dtype)), None)
         if dtype is not None and dtype != torch.float32 and self.dtype == torch.float32:
             self._fp32_fingerprint = weights_fingerprint(self.state_dict())
-        return super().to(*args, **kwargs)
+        return _module_to(self, *args, **kwargs)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -283,6 +284,13 @@ class MaskedDiffusionLM(ModelMixin, ConfigMixin):
 
 
 _ARCH_FIELDS = {f.name for f in dataclasses.fields(DLMConfig)}
+
+
+def _module_to(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """``nn.Module.to`` without ``ModelMixin.to``'s warning: diffusers 0.42 warns about "modules that should be
+    kept in float32: []" on every dtype cast, also when (as here) there are none. These models hold no quantized
+    weights and no offload hooks, the cases ``ModelMixin.to`` exists for."""
+    return nn.Module.to(module, *args, **kwargs)
 
 
 def _is_diffusers_folder(folder: Path) -> bool:

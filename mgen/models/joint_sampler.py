@@ -33,8 +33,8 @@ from torch import nn
 
 from mgen import hub, registry
 from mgen.errors import UserError, WeightsError
-from mgen.models.dlm import (DLMBlock, DLMConfig, MaskedDiffusionLM, _as_device, _is_diffusers_folder, build_text_data,
-                             key_mask, load_dlm_file, read_metadata)
+from mgen.models.dlm import (DLMBlock, DLMConfig, MaskedDiffusionLM, _as_device, _is_diffusers_folder, _module_to,
+                             build_text_data, key_mask, load_dlm_file, read_metadata)
 from mgen.samplers.dlm import ExactSampler, prepare_prompts
 
 #: the training settings a joint layer's registry ``arch:`` holds next to ``base`` (configs/joint-dlm-text.yaml)
@@ -107,7 +107,8 @@ class JointSamplerLayer(ModelMixin, ConfigMixin):
                         **kwargs: Any) -> "JointSamplerLayer":
         """A saved diffusers folder, our safetensors file (base arch and fingerprint in its metadata) or a
         registry name (``joint-dlm-text``). ``torch_dtype`` honoured; other loader kwargs accepted."""
-        torch_dtype = kwargs.pop("torch_dtype", None)
+        torch_dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)  # diffusers 0.42 name: dtype
+        kwargs.pop("torch_dtype", None)
         path = Path(os.fspath(pretrained_model_name_or_path)).expanduser()
         sub = kwargs.get("subfolder")
         if (path / sub if sub else path).is_dir() and _is_diffusers_folder(path / sub if sub else path):
@@ -124,6 +125,9 @@ class JointSamplerLayer(ModelMixin, ConfigMixin):
         if torch_dtype is not None:
             layer = layer.to(torch_dtype)
         return layer.eval()
+
+    def to(self, *args: Any, **kwargs: Any) -> "JointSamplerLayer":
+        return _module_to(self, *args, **kwargs)  # see mgen.models.dlm._module_to
 
     def check_base(self, base: MaskedDiffusionLM) -> None:
         """Refuse a base model other than the one this layer was trained on (stored weights fingerprint)."""

@@ -61,6 +61,9 @@ SAMPLERS: dict[str, str] = {
 }
 #: settings a pipeline starts from when no config gives any (LLaDA2Pipeline-like lengths)
 DEFAULT_SETTINGS: dict[str, Any] = {"gen_length": 128, "steps": 32}
+#: call arguments every text pipeline takes (LLaDA2Pipeline's); dropped for a sampler without such a setting (the
+#: exact / joint samplers' step count follows from gen_length, Dream has no blocks), refused for none else
+SHARED_SETTINGS = frozenset({"steps", "block_length"})
 #: ``__call__`` argument names → sampler field names
 CALL_ALIASES: dict[str, str] = {"num_inference_steps": "steps"}
 #: keyword arguments of diffusers' loaders; accepted everywhere, used where they mean something
@@ -101,6 +104,19 @@ def settings_for(sampler: str, *settings: dict[str, Any] | None, **explicit: Any
     out = SamplerSettings(sampler=target, settings={**values, **explicit})
     out.build()  # validated by the sampler itself
     return out
+
+
+def _fit(saved: dict[str, Any], explicit: dict[str, Any]) -> dict[str, Any]:
+    """The saved settings adapted to an explicit ``gen_length``: saved ``steps`` above it are clamped, a saved
+    ``block_length`` that does not divide it is dropped (one block)."""
+    base = dict(saved)
+    gen = explicit.get("gen_length")
+    if isinstance(gen, int) and gen > 0:
+        if "steps" not in explicit and isinstance(base.get("steps"), int) and base["steps"] > gen:
+            base["steps"] = gen
+        if "block_length" not in explicit and isinstance(base.get("block_length"), int) and gen % base["block_length"]:
+            base.pop("block_length")
+    return base
 
 
 # -- loading ---------------------------------------------------------------------------------------------------------
@@ -224,7 +240,7 @@ class DLMPipeline(DiffusionPipeline):
                         joint_sampler: str | os.PathLike | torch.nn.Module | None = None,
                         trust_remote_code: bool = False, device: str | torch.device | None = None,
                         torch_dtype: torch.dtype | None = None, tokenizer: Any = None,
-                        **sampler_settings: Any) -> "DLMPipeline":
+                        dtype: torch.dtype | None = None, **sampler_settings: Any) -> "DLMPipeline":
         """A saved pipeline folder (diffusers' ``model_index.json``), a registry name (``dlm-text``; ``joint-dlm-text``
         gives its base model with the layer), our safetensors file, a saved model folder or a transformers folder
         (HF masked LMs; LLaDA / Dream with ``trust_remote_code=True``).
@@ -235,6 +251,7 @@ class DLMPipeline(DiffusionPipeline):
         settings (``sampler="dream"``, ``steps=…``, ``gen_length=…``, …) saved into the ``scheduler`` component.
         """
         load_kwargs = {k: sampler_settings.pop(k) for k in LOAD_KWARGS if k in sampler_settings}
+        torch_dtype = dtype if dtype is not None else torch_dtype  # diffusers 0.42 calls it dtype
         name = os.fspath(pretrained_model_name_or_path)
         p = Path(name).expanduser()
         layer = joint_sampler
@@ -243,7 +260,7 @@ class DLMPipeline(DiffusionPipeline):
         tok = load_tokenizer_file(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
         if weights is None and p.is_dir() and (p / "model_index.json").exists():
             extra = {k: v for k, v in (("joint_sampler", layer), ("tokenizer", tok)) if v is not None}
-            pipe = super().from_pretrained(os.fspath(p), torch_dtype=torch_dtype, **load_kwargs, **extra)
+            pipe = super().from_pretrained(os.fspath(p), dtype=torch_dtype, **load_kwargs, **extra)
             if not isinstance(pipe, cls):
                 raise UserError(f"{p}: a {type(pipe).__name__} folder, not a {cls.__name__} one")
         else:
@@ -306,7 +323,8 @@ class DLMPipeline(DiffusionPipeline):
         if spec.entry is not None and spec.layout in ("name", "yaml"):
             for k in LOAD_KWARGS:  # diffusers' loading options: nothing to do for these layouts
                 kwargs.pop(k, None)
-            torch_dtype = kwargs.pop("torch_dtype", None)
+            torch_dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
+            kwargs.pop("torch_dtype", None)
             tok = load_tokenizer_file(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
             name = spec.entry.name if spec.layout == "name" else None
             pipe = cls._build(name, spec.entry, spec.path, None, tok, kwargs.pop("trust_remote_code", False),
@@ -333,8 +351,8 @@ class DLMPipeline(DiffusionPipeline):
     def set_sampler(self, sampler: str | None = None, **settings: Any) -> None:
         """Change the saved sampler (a :data:`SAMPLERS` name or ``"module:Class"``) and/or its settings."""
         target = sampler_target(sampler) if sampler else self.scheduler.config.sampler
-        settings = {CALL_ALIASES.get(k, k): v for k, v in settings.items()}
-        self.register_modules(scheduler=settings_for(target, self.scheduler.settings, **settings))
+        settings = {CALL_ALIASES.get(k, k): v for k, v in settings.items() if v is not None}
+        self.register_modules(scheduler=settings_for(target, _fit(self.scheduler.settings, settings), **settings))
 
     def make_sampler(self, sampler: str | None = None, **overrides: Any) -> Any:
         """The sampler object for one call: the saved settings with the non-None ``overrides`` applied."""
@@ -357,13 +375,9 @@ class DLMPipeline(DiffusionPipeline):
                 base.setdefault("alg", "entropy")
             if target == SAMPLERS["joint"] and self.joint_sampler is not None:
                 base.setdefault("tokens_per_step", self.joint_sampler.config.get("tokens_per_step", 4))
-        gen = overrides.get("gen_length")
-        if gen is not None and isinstance(gen, int) and gen > 0:  # saved lengths that no longer fit the request
-            if "steps" not in overrides and isinstance(base.get("steps"), int) and base["steps"] > gen:
-                base["steps"] = gen
-            if "block_length" not in overrides and isinstance(base.get("block_length"), int) and gen % base["block_length"]:
-                base.pop("block_length")
-        return settings_for(target, base, **overrides).build(), target
+        allowed = set(SamplerSettings(sampler=target).allowed())
+        overrides = {k: v for k, v in overrides.items() if k in allowed or k not in SHARED_SETTINGS}
+        return settings_for(target, _fit(base, overrides), **overrides).build(), target
 
     # -- running ------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -382,6 +396,9 @@ class DLMPipeline(DiffusionPipeline):
                  **sampler_kwargs: Any) -> DLMPipelineOutput | tuple:
         """Generate. Unset arguments come from the ``scheduler`` settings (the model's config ``sampler:``),
         then from the sampler's defaults; ``sampler_kwargs`` are further settings of the chosen sampler.
+        ``num_inference_steps`` / ``block_length`` are ignored by samplers without them (exact and joint: one
+        forward per 1 / ``tokens_per_step`` tokens; Dream: no blocks); any other setting the chosen sampler does
+        not take is a :class:`UserError`.
 
         ``callback_on_step_end(pipe, step, timestep, {"x": ids})`` runs after every decoding step (0-based) and may
         return ``{"x": ids}`` to replace the sequence; ``stream(step, texts)`` receives the partly decoded texts.
