@@ -120,3 +120,38 @@ def test_old_format_checkpoint_is_refused(tmp_path):
     (run / "checkpoint" / "trainer.json").write_text('{"step": 3}')
     with pytest.raises(UserError, match="older mgen"):
         trainer(run).train()
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+sys.path.insert(0, {here!r})
+from train_helpers import trainer
+t = trainer(sys.argv[1])
+def save_point(name):
+    if name == sys.argv[2] and t.step == 8:
+        os.kill(os.getpid(), signal.SIGKILL)  # a real kill: no finally, no cleanup
+t._save_point = save_point
+t.train()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point,resume_step", [("state-written", 4)])
+def test_real_sigkill_during_save(tmp_path, reference, point, resume_step):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "run.py"
+    script.write_text(KILL_SCRIPT.format(here=str(Path(__file__).resolve().parent)))
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(script), str(run), point], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    probe = trainer(run)
+    assert probe.load_checkpoint() and probe.step == resume_step
+    resumed = trainer(run)
+    resumed.train()
+    same_weights(reference, resumed)
+    assert not list(run.glob(".tmp-*"))
