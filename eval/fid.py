@@ -10,6 +10,12 @@ vectors ``X`` (centred), ``Σ₁ = XᵀX / (n−1)`` and the non-zero eigenvalue
 small ``n×n`` matrix ``X Σ₂ Xᵀ / (n−1)`` (``eig(AB) = eig(BA)``), which is exact and far cheaper.
 Statistics are ``μ = mean``, ``Σ = numpy.cov(rowvar=False)`` (unbiased, N−1), as in torch-fidelity and
 the ADM / MAR ``fid_stats`` ``.npz`` files (keys ``mu``, ``sigma``).
+
+Kept hand-written instead of torch-fidelity's ``fid_statistics_to_metric`` (IS, KID and precision/recall do use
+torch-fidelity's functions): that one takes ``numpy.linalg.eigvals`` of the non-symmetric 2048×2048 product,
+whose complex eigenvalues are rounding noise around the real ones; the symmetric form here gives the same value
+to float64 rounding (``tests/test_eval_metrics.py``, ``tests/test_eval_inception.py``), and its ``n×n`` form for
+``n < 2048`` samples is exact and much cheaper.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import numpy as np
 import torch
 
 from mgen.errors import UserError
+from mgen.eval.outputs import write_npz
 
 
 def statistics(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -136,10 +143,6 @@ def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 
 def save_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, **extra: np.ndarray) -> Path:
-    """Write ``mu``/``sigma`` (plus any extra arrays) to an ``.npz`` atomically."""
-    from mgen.fileio import atomic_write
-
-    p = Path(path)
-    with atomic_write(p) as tmp, open(tmp, "wb") as f:
-        np.savez(f, mu=np.asarray(mu), sigma=np.asarray(sigma), **extra)
-    return p
+    """Write ``mu``/``sigma`` (plus any extra arrays) to an ``.npz`` atomically; a fault (a full disk, a parent that
+    is a file) is one line naming ``path`` and leaves no file behind."""
+    return write_npz(path, mu=np.asarray(mu), sigma=np.asarray(sigma), **extra)

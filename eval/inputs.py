@@ -2,9 +2,11 @@
 
 Folders are read as torch-fidelity 0.4 reads them (``utils.glob_samples_paths``, ``datasets.py``):
 the files directly in the folder (not recursive) whose extension is png/jpg/jpeg, sorted by real path,
-each opened with PIL and ``convert("RGB")``. Unlike torch-fidelity, mgen checks the folder first and
-fails with one line on an empty folder, mixed image sizes, a mix of grey and colour images, or an
-unreadable file, and decodes in a background thread pool instead of DataLoader worker processes.
+each opened with PIL and ``convert("RGB")``. Unlike torch-fidelity, mgen skips hidden files (names starting
+with ``.``: the ``.tmp-*`` files a killed writer leaves), checks the folder first and fails with one line on an
+empty folder, mixed image sizes, a mix of grey and colour images, an image larger than :data:`MAX_PIXELS`
+(a decompression bomb), or an unreadable file, and decodes in a background thread pool instead of DataLoader
+worker processes.
 
 Tensors/arrays: uint8 values are used as they are; floating-point images follow the mgen convention
 (``[-1, 1]``) and are quantised like ``mgen.images.to_uint8`` (the PNG writer), so streaming features
@@ -14,7 +16,9 @@ repeated to RGB (as PIL's ``convert("RGB")`` does).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,16 +30,24 @@ import torch
 from mgen.errors import UserError
 
 EXTENSIONS = ("png", "jpg", "jpeg")  # torch-fidelity's samples_find_ext default
+#: largest image accepted (pixels): 8192×8192, far above any evaluation set, below Pillow's own bomb limit
+#: (``Image.MAX_IMAGE_PIXELS``, 89.5 M, warning; twice that, error)
+MAX_PIXELS = 8192 * 8192
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 
 
 def list_image_files(folder: str | os.PathLike) -> list[str]:
-    """Image files directly in ``folder``, sorted by real path (torch-fidelity's order)."""
+    """Image files directly in ``folder``, sorted by real path (torch-fidelity's order); hidden files skipped."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"not a folder: {folder}")
-    files = [os.path.realpath(folder / f) for f in os.listdir(folder)
-             if (folder / f).is_file() and os.path.splitext(f)[1].lower().lstrip(".") in EXTENSIONS]
+    try:
+        names = os.listdir(folder)
+    except OSError as e:
+        raise UserError(f"cannot list {folder}: {e.strerror or e}") from None
+    files = [os.path.realpath(folder / f) for f in names
+             if not f.startswith(".") and os.path.splitext(f)[1].lower().lstrip(".") in EXTENSIONS
+             and (folder / f).is_file()]
     files.sort()
     if not files:
         raise UserError(f"no images (.png/.jpg/.jpeg) in {folder}")
@@ -57,18 +69,43 @@ def _grey(mode: str) -> bool:
     return mode in GREY_MODES
 
 
+@contextlib.contextmanager
+def _open_image(f: str, strict_warnings: bool = True) -> Iterator[Any]:
+    """``PIL.Image.open`` with every failure (decompression bombs included) as one line naming the file.
+
+    ``strict_warnings``: Pillow's ``DecompressionBombWarning`` becomes that line too (``warnings.catch_warnings``
+    is not thread-safe, so the decoding threads skip it: their files passed this check already, and
+    :data:`MAX_PIXELS` is below Pillow's warning limit)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if strict_warnings:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im = Image.open(f)
+        else:
+            im = Image.open(f)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UserError(f"image {f} is too large to decode safely (a decompression bomb?): {e}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise UserError(f"cannot read image {f}: {e}") from None
+    with im:
+        w, h = im.size
+        if w * h > MAX_PIXELS:
+            raise UserError(f"image {f} is {w}×{h} pixels, more than the {MAX_PIXELS:,} mgen decodes "
+                            "(a decompression bomb?)")
+        yield im
+
+
 def folder_source(folder: str | os.PathLike, workers: int = 4) -> ImageSource:
     """Check a folder of images (sizes, modes, headers) and return a source that decodes it in threads."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     files = list_image_files(folder)
     size = mode_grey = None
     for f in files:
-        try:
-            with Image.open(f) as im:
-                s, g = im.size, _grey(im.mode)
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise UserError(f"cannot read image {f}: {e}") from None
+        with _open_image(f) as im:
+            s, g = im.size, _grey(im.mode)
         if size is None:
             size, mode_grey, first = s, g, f
         elif s != size:
@@ -80,12 +117,11 @@ def folder_source(folder: str | os.PathLike, workers: int = 4) -> ImageSource:
                             f"{f} is {kinds[not g]}")
 
     def load(f: str) -> np.ndarray:
-        try:
-            with Image.open(f) as im:
-                arr = np.asarray(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise UserError(f"cannot read image {f}: {e}") from None
-        return arr
+        with _open_image(f, strict_warnings=False) as im:
+            try:
+                return np.asarray(im.convert("RGB"))
+            except (UnidentifiedImageError, OSError, ValueError) as e:
+                raise UserError(f"cannot read image {f}: {e}") from None
 
     def batches(batch_size: int) -> Iterator[torch.Tensor]:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

@@ -8,14 +8,16 @@ polynomial kernel ``k(x, y) = (xᵀy / d + 1)³``, averaged over ``subsets`` ran
 
 The subsets are drawn exactly as torch-fidelity 0.4 (``metric_kid.py``) draws them — one
 ``numpy.random.RandomState(seed)`` (seed 2020), per subset first ``choice(n₁, m, replace=False)`` for the
-first input then for the second — and the arithmetic is float32 numpy in the same order, so the values
-agree to rounding. Reported: mean and population std over the subsets.
+first input then for the second — and the arithmetic is float32 numpy: the computation is torch-fidelity's
+own ``kid_features_to_metric`` (identical numbers, ``tests/test_eval_metrics.py``); mgen adds only the one-line
+checks of its inputs. Reported: mean and population std over the subsets.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from torch_fidelity.metric_kid import kernel_poly, kid_features_to_metric, mmd2
 
 from mgen.errors import UserError
 
@@ -26,20 +28,21 @@ DEFAULT_SEED = 2020
 
 def polynomial_kernel(x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: float | None = None,
                       coef0: float = 1.0) -> np.ndarray:
-    """``(γ xᵀy + c)^degree`` with ``γ = 1 / d`` by default."""
-    g = 1.0 / x.shape[1] if gamma is None else gamma
-    return (np.matmul(x, y.T) * g + coef0) ** degree
+    """``(γ xᵀy + c)^degree`` with ``γ = 1 / d`` by default (torch-fidelity's ``kernel_poly``)."""
+    return kernel_poly(x, y, kid_kernel_poly_degree=degree, kid_kernel_poly_gamma=gamma, kid_kernel_poly_coef0=coef0)
 
 
 def mmd2_unbiased(k_xx: np.ndarray, k_xy: np.ndarray, k_yy: np.ndarray) -> float:
-    """The unbiased MMD² estimate from the three ``m×m`` kernel matrices (diagonals of k_xx, k_yy dropped)."""
+    """The unbiased MMD² estimate from the three ``m×m`` kernel matrices (torch-fidelity's ``mmd2``)."""
     m = k_xx.shape[0]
     if m < 2 or k_xx.shape != (m, m) or k_xy.shape != (m, m) or k_yy.shape != (m, m):
         raise UserError(f"MMD needs square kernel matrices of the same size ≥ 2, got {k_xx.shape}, {k_xy.shape}, {k_yy.shape}")
-    off_xx = (k_xx.sum(axis=1) - np.diagonal(k_xx)).sum()
-    off_yy = (k_yy.sum(axis=1) - np.diagonal(k_yy)).sum()
-    cross = k_xy.sum(axis=0).sum()
-    return (off_xx + off_yy) / (m * (m - 1)) - 2 * cross / (m * m)
+    return float(mmd2(k_xx, k_xy, k_yy, mmd_est="unbiased"))
+
+
+def _as_f32(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    t = x.detach().cpu() if torch.is_tensor(x) else torch.from_numpy(np.asarray(x))
+    return t.float()
 
 
 def kernel_inception_distance(features1: torch.Tensor | np.ndarray, features2: torch.Tensor | np.ndarray,
@@ -47,10 +50,9 @@ def kernel_inception_distance(features1: torch.Tensor | np.ndarray, features2: t
                               seed: int = DEFAULT_SEED, degree: int = 3, gamma: float | None = None,
                               coef0: float = 1.0) -> tuple[float, float]:
     """``(mean, std)`` of KID between two ``N×D`` feature sets over ``subsets`` random subsets."""
-    f1 = features1.detach().cpu().float().numpy() if torch.is_tensor(features1) else np.asarray(features1, np.float32)
-    f2 = features2.detach().cpu().float().numpy() if torch.is_tensor(features2) else np.asarray(features2, np.float32)
-    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
-        raise UserError(f"KID needs two N×D feature sets of the same D, got {f1.shape} and {f2.shape}")
+    f1, f2 = _as_f32(features1), _as_f32(features2)
+    if f1.dim() != 2 or f2.dim() != 2 or f1.shape[1] != f2.shape[1]:
+        raise UserError(f"KID needs two N×D feature sets of the same D, got {tuple(f1.shape)} and {tuple(f2.shape)}")
     n1, n2 = len(f1), len(f2)
     if subset_size < 2:
         raise UserError(f"KID subset size must be at least 2, got {subset_size}")
@@ -59,11 +61,7 @@ def kernel_inception_distance(features1: torch.Tensor | np.ndarray, features2: t
                         f"({n1} and {n2}); lower it with kid_subset_size / --kid-subset-size")
     if subsets < 1:
         raise UserError(f"KID needs at least one subset, got {subsets}")
-    rng = np.random.RandomState(seed)
-    values = np.zeros(subsets)
-    for s in range(subsets):
-        a = f1[rng.choice(n1, subset_size, replace=False)]
-        b = f2[rng.choice(n2, subset_size, replace=False)]
-        kern = lambda u, v: polynomial_kernel(u, v, degree, gamma, coef0)  # noqa: E731
-        values[s] = mmd2_unbiased(kern(a, a), kern(a, b), kern(b, b))
-    return float(np.mean(values)), float(np.std(values))
+    out = kid_features_to_metric(f1, f2, kid_subsets=subsets, kid_subset_size=subset_size, rng_seed=seed,
+                                 kid_kernel="poly", kid_kernel_poly_degree=degree, kid_kernel_poly_gamma=gamma,
+                                 kid_kernel_poly_coef0=coef0, verbose=False)
+    return out["kernel_inception_distance_mean"], out["kernel_inception_distance_std"]

@@ -4,27 +4,20 @@ Assessing Generative Models", §2, eq. 1–3), k = 3.
 Each set's manifold is the union of balls around its features whose radius is the distance to the
 k-th nearest neighbour within the set (the point itself excluded). Precision is the fraction of
 generated features inside the real manifold; recall the fraction of real features inside the generated
-manifold. Distances are ``torch.cdist`` in float32 like torch-fidelity 0.4 (``metric_prc.py``), computed
-in blocks so memory stays ``O(block · N)``.
+manifold. The computation is torch-fidelity 0.4's own (``metric_prc.calculate_precision_recall_part``: ``torch.cdist``
+in float32 over ``block × block`` tiles, memory ``O(block · N)``), which gives exactly the numbers of its default
+``calculate_precision_recall_full`` (the same tiles; ``tests/test_eval_metrics.py``); mgen adds only the one-line
+checks of its inputs.
 """
 
 from __future__ import annotations
 
 import torch
+from torch_fidelity.metric_prc import calculate_precision_recall_part
 
 from mgen.errors import UserError
 
 DEFAULT_K = 3
-
-
-def _knn_radii(x: torch.Tensor, k: int, block: int) -> torch.Tensor:
-    """Distance from each row of ``x`` to its k-th nearest other row (the (k+1)-th value counts itself)."""
-    return torch.cat([torch.cdist(xb, x).kthvalue(k + 1, dim=1).values for xb in x.split(block)])
-
-
-def _inside(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, block: int) -> torch.Tensor:
-    """For each point, whether it lies within any ball (centre, radius)."""
-    return torch.cat([(torch.cdist(pb, centres) <= radii[None]).any(dim=1) for pb in points.split(block)])
 
 
 def precision_recall(fake: torch.Tensor, real: torch.Tensor, k: int = DEFAULT_K, block: int = 10000) -> tuple[float, float]:
@@ -35,7 +28,4 @@ def precision_recall(fake: torch.Tensor, real: torch.Tensor, k: int = DEFAULT_K,
         raise UserError(f"precision/recall with k={k} need more than {k} images on each side, "
                         f"got {len(fake)} and {len(real)}")
     fake, real = fake.detach().float().cpu(), real.detach().float().cpu()
-    r_fake, r_real = _knn_radii(fake, k, block), _knn_radii(real, k, block)
-    precision = _inside(fake, real, r_real, block).float().mean().item()
-    recall = _inside(real, fake, r_fake, block).float().mean().item()
-    return precision, recall
+    return calculate_precision_recall_part(fake, real, neighborhood=k, batch_size=block)

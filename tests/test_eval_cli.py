@@ -104,11 +104,11 @@ def _random_mar_digits(path):
 def test_model_streaming_digits_metrics_and_resume(tmp_path, capsys):
     torch.set_num_threads(1)
     weights = _random_mar_digits(tmp_path / "mar.safetensors")
-    args = ["eval", "--model", "mar-digits", "--weights", str(weights), "--num-samples", "12", "--steps", "2",
-            "--batch-size", "4", "--shard-size", "4", "--work-dir", str(tmp_path / "work"), "--no-progress"]
+    args = ["eval", "--model", "mar-digits", "--weights", str(weights), "--num-samples", "40", "--steps", "2",
+            "--batch-size", "8", "--shard-size", "16", "--work-dir", str(tmp_path / "work"), "--no-progress"]
     assert main([*args, "--json", str(tmp_path / "a.json")]) == 0
     a = json.loads((tmp_path / "a.json").read_text())
-    assert {"digits_fid", "digits_accuracy"} <= set(a) and a["num_samples"] == 12
+    assert {"digits_fid", "digits_accuracy"} <= set(a) and a["num_samples"] == 40 and a["shard_size"] == 16
     assert a["sampler"]["steps"] == 2 and a["seed"] == 0 and a["versions"]["torch_fidelity"]
     # a crash that lost shard 1: the rerun redoes only that shard and reports the same numbers
     (tmp_path / "work" / "shard-000001.safetensors").unlink()

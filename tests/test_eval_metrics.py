@@ -72,10 +72,10 @@ def test_inception_score_matches_torch_fidelity():
 
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(103, 1008, generator=g) * 3
-    ref = isc_features_to_metric(logits, splits=10, shuffle=True, rng_seed=2020)
-    mean, std = isc.inception_score(logits, 10)
-    assert mean == pytest.approx(ref["inception_score_mean"], rel=1e-9)
-    assert std == pytest.approx(ref["inception_score_std"], rel=1e-6)
+    for splits, seed in ((10, 2020), (3, 7)):
+        ref = isc_features_to_metric(logits, splits=splits, shuffle=True, rng_seed=seed)
+        mean, std = isc.inception_score(logits, splits, seed=seed)
+        assert (mean, std) == (ref["inception_score_mean"], ref["inception_score_std"])  # torch-fidelity's own code
     with pytest.raises(UserError, match="at least 10"):
         isc.inception_score(logits[:5], 10)
 
@@ -113,6 +113,10 @@ def test_kid_matches_torch_fidelity_including_subset_rng():
     mean, std = kid.kernel_inception_distance(f1, f2, subsets=7, subset_size=20)
     assert mean == ref["kernel_inception_distance_mean"]  # same subsets, same float32 arithmetic
     assert std == ref["kernel_inception_distance_std"]
+    ref = kid_features_to_metric(f1, f2, kid_subsets=3, kid_subset_size=30, rng_seed=5, kid_kernel_poly_degree=2,
+                                 kid_kernel_poly_coef0=0.5, verbose=False)
+    got = kid.kernel_inception_distance(f1.numpy(), f2, subsets=3, subset_size=30, seed=5, degree=2, coef0=0.5)
+    assert got == (ref["kernel_inception_distance_mean"], ref["kernel_inception_distance_std"])
     with pytest.raises(UserError, match="subset size 100"):
         kid.kernel_inception_distance(f1, f2, subset_size=100)
 
@@ -128,13 +132,18 @@ def test_precision_recall_hand_computed():
 
 
 def test_precision_recall_matches_torch_fidelity():
-    from torch_fidelity.metric_prc import calculate_precision_recall_full
+    """Exactly torch-fidelity's numbers, for its default (full matrix) and its save_cpu_ram (tiled) paths."""
+    from torch_fidelity.metric_prc import prc_features_to_metric
 
     g = torch.Generator().manual_seed(3)
     fake = torch.randn(80, 16, generator=g)
     real = torch.randn(90, 16, generator=g) * 1.2 + 0.2
-    assert prdc.precision_recall(fake, real, 3, block=32) == pytest.approx(
-        calculate_precision_recall_full(fake, real, 3, 10000))
+    for k, block in ((3, 10000), (3, 32), (5, 17)):
+        got = prdc.precision_recall(fake, real, k, block=block)
+        for save_cpu_ram in (False, True):
+            ref = prc_features_to_metric(fake, real, prc_neighborhood=k, prc_batch_size=block,
+                                         save_cpu_ram=save_cpu_ram, verbose=False)
+            assert got == (ref["precision"], ref["recall"])
 
 
 def test_evaluate_is_the_function_whatever_was_imported_first():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -43,25 +44,75 @@ def test_sample_plan_labels_and_seeds():
 
 
 def test_features_do_not_depend_on_batch_size(tmp_path):
-    a = stream_features(toy_sample_fn(), toy_extract, 23, tmp_path / "a", num_classes=10, batch_size=4, progress=False)
-    b = stream_features(toy_sample_fn(), toy_extract, 23, tmp_path / "b", num_classes=10, batch_size=7,
-                        shard_size=5, progress=False)
+    a = stream_features(toy_sample_fn(), toy_extract, 41, tmp_path / "a", num_classes=10, batch_size=4, progress=False)
+    b = stream_features(toy_sample_fn(), toy_extract, 41, tmp_path / "b", num_classes=10, batch_size=7,
+                        shard_size=16, progress=False)
     assert torch.equal(a["feat"], b["feat"]) and torch.equal(a["label"], b["label"])
-    assert a["feat"].shape == (23, 3) and a["index"].tolist() == list(range(23))
+    assert a["feat"].shape == (41, 3) and a["index"].tolist() == list(range(41))
+
+
+def test_extractor_sees_the_same_aligned_blocks_whatever_the_batch_and_shard(tmp_path):
+    """What makes batch-dependent float rounding of the extractors harmless: identical block contents."""
+    def blocks_of(batch_size, shard_size, world):
+        seen: list = []
+
+        def extract(images):
+            seen.append(images.clone())
+            return toy_extract(images)
+
+        for rank in reversed(range(world)):
+            stream_features(toy_sample_fn(), extract, 37, tmp_path / f"w{batch_size}-{shard_size}-{world}",
+                            num_classes=10, batch_size=batch_size, shard_size=shard_size, progress=False,
+                            rank=rank, world_size=world)
+        return sorted(((b.shape[0], b.sum().item()) for b in seen))
+
+    ref = blocks_of(37, 48, 1)
+    assert [n for n, _ in ref] == [5, 16, 16]
+    for bs, shard, world in ((1, 16, 1), (5, 32, 1), (7, 16, 2), (16, 16, 3)):
+        assert blocks_of(bs, shard, world) == ref
+
+
+def test_shard_size_from_the_first_batch_and_kept_on_resume(tmp_path):
+    from mgen.eval.streaming import auto_shard_size
+
+    assert auto_shard_size(0.5) == 112  # 60 s / 0.5 s = 120 samples -> a multiple of 16
+    assert auto_shard_size(100.0) == 16 and auto_shard_size(1e-6) == 1024 and auto_shard_size(0.0) == 1024
+    ticks = iter([0.0, 20.0, 20.5])  # first batch of 40: 20 s; first block of 16 features: 0.5 s
+    calls: list = []
+    a = stream_features(toy_sample_fn(calls), toy_extract, 50, tmp_path / "w", num_classes=10, batch_size=40,
+                        progress=False, shard_seconds=10, clock=lambda: next(ticks))  # 10 s / 0.53 s -> 16
+    meta = json.loads((tmp_path / "w" / "meta.json").read_text())
+    assert meta["shard_size"] == 16 and len(list((tmp_path / "w").glob("shard-*"))) == 4
+    assert [len(c) for c in calls] == [40, 8, 2]  # the timed first batch (2.5 shards) is kept; 40..47, 48..49 drawn
+    ref = stream_features(toy_sample_fn(), toy_extract, 50, tmp_path / "ref", num_classes=10, batch_size=8,
+                          shard_size=32, progress=False)
+    assert torch.equal(a["feat"], ref["feat"])
+    # a rerun (other timing) reuses the recorded shard size and finds everything done
+    again: list = []
+    b = stream_features(toy_sample_fn(again), toy_extract, 50, tmp_path / "w", num_classes=10, batch_size=3,
+                        progress=False, clock=lambda: 0.0)
+    assert again == [] and torch.equal(b["feat"], a["feat"])
+    with pytest.raises(UserError, match="shard_size"):
+        stream_features(toy_sample_fn(), toy_extract, 50, tmp_path / "w", num_classes=10, batch_size=3,
+                        shard_size=32, progress=False)
+    with pytest.raises(UserError, match="multiple of 16"):
+        stream_features(toy_sample_fn(), toy_extract, 50, tmp_path / "x", shard_size=20, progress=False)
 
 
 def test_killed_run_resumes_with_identical_features(tmp_path):
     full = stream_features(toy_sample_fn(), toy_extract, 30, tmp_path / "full", num_classes=10, batch_size=4,
-                           shard_size=8, progress=False)
+                           shard_size=8, progress=False, block=4)
     calls: list = []
     with pytest.raises(KeyboardInterrupt):
         stream_features(toy_sample_fn(calls, fail_after=5), toy_extract, 30, tmp_path / "w", num_classes=10,
-                        batch_size=4, shard_size=8, progress=False)
+                        batch_size=4, shard_size=8, progress=False, block=4)
     assert len(list((tmp_path / "w").glob("shard-*.safetensors"))) == 2  # shards 0, 1 finished; 2 was cut short
     assert not list((tmp_path / "w").glob(".tmp-*"))
     resumed: list = []
+    (tmp_path / "w" / ".tmp-left-by-a-kill.safetensors").write_bytes(b"")
     out = stream_features(toy_sample_fn(resumed), toy_extract, 30, tmp_path / "w", num_classes=10, batch_size=4,
-                          shard_size=8, progress=False)
+                          shard_size=8, progress=False, block=4)
+    assert not list((tmp_path / "w").glob(".tmp-*"))  # a killed run's temp files are cleaned
     assert min(s for c in resumed for s in c) == 16  # only shards 2 and 3 were sampled again
     for k in ("feat", "pix", "label", "index"):
         assert torch.equal(out[k], full[k])
@@ -69,26 +120,26 @@ def test_killed_run_resumes_with_identical_features(tmp_path):
 
 def test_damaged_shard_is_redone_and_other_settings_refused(tmp_path):
     stream_features(toy_sample_fn(), toy_extract, 12, tmp_path, num_classes=10, batch_size=4, progress=False,
-                    shard_size=4)
+                    shard_size=4, block=4)
     (tmp_path / "shard-000001.safetensors").write_bytes(b"garbage")
     calls: list = []
     out = stream_features(toy_sample_fn(calls), toy_extract, 12, tmp_path, num_classes=10, batch_size=4,
-                          shard_size=4, progress=False)
+                          shard_size=4, progress=False, block=4)
     assert [c[0] & 0xFFFFFFFF for c in calls] == [4] and out["feat"].shape == (12, 3)
     with pytest.raises(UserError, match="another run"):
         stream_features(toy_sample_fn(), toy_extract, 12, tmp_path, num_classes=10, batch_size=4, seed=1,
-                        shard_size=4, progress=False)
+                        shard_size=4, progress=False, block=4)
 
 
 def test_shards_split_over_processes_and_gathered(tmp_path):
     single = stream_features(toy_sample_fn(), toy_extract, 17, tmp_path / "one", num_classes=10, batch_size=3,
-                             shard_size=3, progress=False)
+                             shard_size=3, progress=False, block=3)
     calls1: list = []
     assert stream_features(toy_sample_fn(calls1), toy_extract, 17, tmp_path / "two", num_classes=10, batch_size=3,
-                           shard_size=3, progress=False, rank=1, world_size=2) is None
+                           shard_size=3, progress=False, rank=1, world_size=2, block=3) is None
     calls0: list = []
     out = stream_features(toy_sample_fn(calls0), toy_extract, 17, tmp_path / "two", num_classes=10, batch_size=3,
-                          shard_size=3, progress=False, rank=0, world_size=2)
+                          shard_size=3, progress=False, rank=0, world_size=2, block=3)
     idx1 = {s & 0xFFFFFFFF for c in calls1 for s in c}
     idx0 = {s & 0xFFFFFFFF for c in calls0 for s in c}
     assert not idx0 & idx1 and idx0 | idx1 == set(range(17))
@@ -112,24 +163,41 @@ def test_streaming_inception_features_equal_saved_pngs(small_inception, inceptio
     assert torch.equal(feats["2048"], ref["2048"])
 
 
-@pytest.mark.slow
-def test_two_processes_with_torchrun(tmp_path):
+def test_two_cpu_processes_split_the_samples(tmp_path):
+    """torchrun (gloo) with 2 CPU processes: each draws only its shards; the gathered features equal 1 process."""
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(f"""
-        import sys, torch
+        import json, os, sys, torch
         sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
         from test_eval_streaming import toy_sample_fn, toy_extract
         from mgen.eval.streaming import stream_features
-        out = stream_features(toy_sample_fn(), toy_extract, 10, {str(tmp_path / 'w')!r}, num_classes=10,
-                              batch_size=2, shard_size=2, progress=False)
+        calls = []
+        out = stream_features(toy_sample_fn(calls), toy_extract, 10, {str(tmp_path / 'w')!r}, num_classes=10,
+                              batch_size=2, shard_size=2, progress=False, block=2)
+        with open({str(tmp_path)!r} + f"/seeds-{{os.environ['RANK']}}.json", "w") as f:
+            json.dump([s & 0xFFFFFFFF for c in calls for s in c], f)
         if out is not None:
             torch.save(out["feat"], {str(tmp_path / 'feat.pt')!r})
     """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29517",
-                        str(script)], capture_output=True, text=True, timeout=300)
+                        str(script)], capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 0, p.stderr[-2000:]
     single = stream_features(toy_sample_fn(), toy_extract, 10, tmp_path / "one", num_classes=10, batch_size=2,
-                             shard_size=2, progress=False)
+                             shard_size=2, progress=False, block=2)
     assert torch.equal(torch.load(tmp_path / "feat.pt"), single["feat"])
+    seeds = [json.loads((tmp_path / f"seeds-{r}.json").read_text()) for r in (0, 1)]
+    assert seeds[0] == [0, 1, 4, 5, 8, 9] and seeds[1] == [2, 3, 6, 7]  # shard k on process k mod 2
     meta = json.loads((tmp_path / "w" / "meta.json").read_text())
-    assert meta["num_samples"] == 10
+    assert meta["num_samples"] == 10 and meta["shard_size"] == 2
+
+
+def test_accelerate_state_on_cpu_reports_the_processes(monkeypatch):
+    """accelerate's PartialState() without cpu=True reports one process on a machine without CUDA."""
+    from mgen.eval import streaming
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert streaming._accelerate_state()[:2] == (0, 1)
+    assert streaming.distributed_cpu("cpu") is True
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert streaming.distributed_cpu(None) is True

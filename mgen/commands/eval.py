@@ -4,12 +4,16 @@
     mgen eval --real DIR --inception-weights W --save-stats REF.npz
     mgen eval --model NAME --num-samples 50000 --steps 64 --cfg 2.9 --real REF.npz --inception-weights W
     mgen eval --model mar-digits                      # digits-FID and class accuracy, fully offline
-    accelerate launch -m mgen eval --model NAME ...   # samples split over processes, features gathered
+    accelerate launch --num_processes N -m mgen eval --model NAME ...   # samples split over N processes
+    torchrun --nproc-per-node N -m mgen eval --model NAME ...          # the same (CPU: gloo, GPUs: NCCL)
 
-With ``--model``, samples go straight from the pipeline into the feature extractors (no PNGs); feature
-shards are saved in ``--work-dir`` as they are finished, so running the same command again after a
-crash resumes where it stopped. The JSON (written atomically, only when everything succeeded) records
-the metrics, the model and sampler settings, the seeds and the versions.
+With ``--model``, samples go straight from the pipeline into the feature extractors (no PNGs). Sample i is drawn
+from its own random stream, seeded (seed << 32) + i, and the feature extractors always see the same blocks of
+16 consecutive samples, so the metrics are identical for every --batch-size and for any split over processes
+(on the same device and thread count). Feature shards (sized so that one takes about a minute) are saved in
+``--work-dir`` as they are finished, so running the same command again after a crash or a kill resumes where
+it stopped, with identical metrics. The JSON (written atomically, only when everything succeeded) records the
+metrics, the model and sampler settings, the seeds and the versions.
 """
 
 from __future__ import annotations
@@ -17,18 +21,34 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from mgen.errors import UserError
+from mgen.eval.outputs import check_writable, write_json
+from mgen.eval.streaming import FEATURE_BLOCK as BLOCK
 
 HELP = "FID / IS / KID / precision-recall of samples or a model, and digits metrics"
+MAX_SAMPLES = 10_000_000
+MAX_STEPS = 10_000
+MAX_CFG = 1000.0
+#: integer options: (smallest, largest)
+INT_RANGES = {"kid_subset_size": (2, 1_000_000), "kid_subsets": (1, 100_000), "isc_splits": (1, 100_000),
+              "pr_k": (1, 1000), "metric_seed": (0, 2**32 - 1), "batch_size": (1, 100_000),
+              "num_samples": (1, MAX_SAMPLES), "steps": (1, MAX_STEPS), "num_classes": (1, 1_000_000),
+              "seed": (0, 2**31 - 1), "shard_size": (BLOCK, MAX_SAMPLES),
+              "recap_cache_steps": (0, MAX_STEPS), "recap_pre_full_steps": (0, MAX_STEPS)}
+#: float options: (smallest, largest, whether the smallest is allowed); every one must be finite
+FLOAT_RANGES = {"cfg": (0.0, MAX_CFG, True), "recap_head_fast_ratio": (0.0, 1.0, False)}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = (__doc__ or "").split("\n\n")[0]
+    parts = (__doc__ or "").split("\n\n")
+    p.description = parts[0]
+    p.epilog = " ".join(parts[2].replace("``", "").split())  # the batch-invariance / resume guarantees
     g = p.add_argument_group("inputs")
     g.add_argument("--fake", metavar="DIR", help="folder of generated images")
     g.add_argument("--real", metavar="DIR|NPZ", help="folder of real images, or reference statistics (.npz with mu, sigma)")
@@ -40,26 +60,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--metrics", default=None,
                    help="comma-separated: fid, is, kid, pr (default: fid,is,kid; fid,is with a .npz --real; "
                         "with --model: fid,is with --real, else is when --inception-weights is given)")
-    m.add_argument("--kid-subset-size", type=int, default=1000)
-    m.add_argument("--kid-subsets", type=int, default=100)
-    m.add_argument("--isc-splits", type=int, default=10)
-    m.add_argument("--pr-k", type=int, default=3, help="neighbourhood size of precision/recall")
-    m.add_argument("--metric-seed", type=int, default=2020, help="IS shuffle / KID subsets seed (torch-fidelity's 2020)")
+    m.add_argument("--kid-subset-size", type=int, default=1000, help="1..1000000 (default 1000)")
+    m.add_argument("--kid-subsets", type=int, default=100, help="1..100000 (default 100)")
+    m.add_argument("--isc-splits", type=int, default=10, help="1..100000 (default 10)")
+    m.add_argument("--pr-k", type=int, default=3, help="neighbourhood size of precision/recall, 1..1000 (default 3)")
+    m.add_argument("--metric-seed", type=int, default=2020,
+                   help="IS shuffle / KID subsets seed, 0..2^32-1 (torch-fidelity's 2020)")
     m.add_argument("--digits", dest="digits", action="store_true", default=None,
                    help="also report digits-FID and class accuracy (default for *-digits models)")
     m.add_argument("--no-digits", dest="digits", action="store_false")
     m.add_argument("--digits-classifier", metavar="PATH", help="digits classifier weights (default: the shipped one)")
     s = p.add_argument_group("sampling (with --model)")
     s.add_argument("--num-samples", type=int, default=None,
-                   help="number of samples (default 50000; 500, i.e. 50 per class, for digits models)")
-    s.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    s.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
-    s.add_argument("--num-classes", type=int, default=None, help="classes to cycle through (default: the model's)")
-    s.add_argument("--seed", type=int, default=0, help="sample i uses seed (seed << 32) + i")
+                   help=f"number of samples, 1..{MAX_SAMPLES} (default 50000; 500, i.e. 50 per class, for digits models)")
+    s.add_argument("--steps", type=int, default=None, help=f"sampling steps, 1..{MAX_STEPS} (default: the model's)")
+    s.add_argument("--cfg", type=float, default=None,
+                   help=f"guidance scale, finite, 0..{MAX_CFG:g} (default: the model's)")
+    s.add_argument("--num-classes", type=int, default=None,
+                   help="classes to cycle through, 1..1000000 (default: the model's)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="0..2^31-1: sample i is drawn from its own random stream, seeded (seed << 32) + i, so the "
+                        "metrics are identical for every --batch-size and any number of processes")
     s.add_argument("--work-dir", metavar="DIR", help="feature shards (default: ./mgen-eval-<model>-<settings hash>)")
-    s.add_argument("--shard-size", type=int, default=None, help="samples per shard file (default 8 batches)")
+    s.add_argument("--shard-size", type=int, default=None,
+                   help=f"samples per shard file, a multiple of {BLOCK} (default: what about a minute of "
+                        "sampling gives, timed on the first batch; kept by a resumed run)")
     o = p.add_argument_group("run and output")
-    o.add_argument("--batch-size", type=int, default=64)
+    o.add_argument("--batch-size", type=int, default=64,
+                   help="samples per sampling call (--model; does not change the metrics), or images per "
+                        "Inception call (--fake / --real); default 64")
     o.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
     o.add_argument("--json", metavar="OUT", help="write the results here (atomically)")
     o.add_argument("--save-stats", metavar="NPZ", help="write mu/sigma of --real (a folder), or of the fake images / samples")
@@ -70,11 +99,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _write_json(path: str | os.PathLike, obj: dict[str, Any]) -> None:
-    from mgen.fileio import atomic_write
-
-    with atomic_write(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
+    write_json(path, obj)
 
 
 def _versions() -> dict[str, str]:
@@ -96,16 +121,34 @@ def _file_id(path: Path) -> dict[str, Any]:
     return {"path": str(path), "sha256": h.hexdigest()}
 
 
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Every numeric option in range (and every float finite) before anything is loaded; limits in --help."""
+    for name, (lo, hi) in INT_RANGES.items():
+        v = getattr(args, name, None)
+        if v is None:
+            continue
+        if not lo <= v <= hi:
+            what = "must be positive" if v < 1 <= lo else f"must be in {lo}..{hi}"
+            raise UserError(f"{_option(name)} {what}, got {v}")
+    if getattr(args, "shard_size", None) is not None and args.shard_size % BLOCK:
+        raise UserError(f"--shard-size must be a multiple of {BLOCK} (features are taken in blocks of {BLOCK} "
+                        f"samples), got {args.shard_size}")
+    for name, (lo, hi, lo_ok) in FLOAT_RANGES.items():
+        v = getattr(args, name, None)
+        if v is None:
+            continue
+        if not math.isfinite(v):
+            raise UserError(f"{_option(name)} must be a finite number, got {v}")
+        if not ((lo <= v) if lo_ok else (lo < v)) or v > hi:
+            raise UserError(f"{_option(name)} must be in {'[' if lo_ok else '('}{lo:g}, {hi:g}], got {v}")
+
+
 def _check_args(args: argparse.Namespace) -> None:
-    for name in ("kid_subset_size", "kid_subsets", "isc_splits", "pr_k", "batch_size"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.num_samples is not None and args.num_samples < 1:
-        raise UserError(f"--num-samples must be positive, got {args.num_samples}")
-    if args.shard_size is not None and args.shard_size < 1:
-        raise UserError(f"--shard-size must be positive, got {args.shard_size}")
-    if args.steps is not None and args.steps < 1:
-        raise UserError(f"--steps must be positive, got {args.steps}")
+    check_numbers(args)
     if args.model and args.fake:
         raise UserError("give either --fake DIR or --model NAME, not both")
     if not args.model and not args.fake and not (args.save_stats and args.real):
@@ -115,12 +158,15 @@ def _check_args(args: argparse.Namespace) -> None:
                      "recap_cache_steps", "recap_pre_full_steps", "recap_head_fast_ratio"):
             if getattr(args, name, None) is not None:
                 raise UserError(f"--{name.replace('_', '-')} only applies with --model")
-    if args.json:
-        j = Path(args.json)
-        if j.is_dir():
-            raise UserError(f"--json {j} is a folder")
     if args.save_stats and not str(args.save_stats).endswith(".npz"):
         raise UserError(f"--save-stats must name an .npz file, got {args.save_stats}")
+    # outputs that cannot be written are refused now, not after the (slow) sampling and feature extraction
+    if args.json:
+        check_writable(args.json, "--json")
+    if args.save_stats:
+        check_writable(args.save_stats, "--save-stats")
+    if args.work_dir:
+        check_writable(args.work_dir, "--work-dir", folder=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -226,11 +272,11 @@ def _run_model(args: argparse.Namespace) -> dict[str, Any] | None:
 
     digits = _is_digits_model(args.model) if args.digits is None else args.digits
     progress = not args.no_progress
-    rank, world, barrier = _accelerate_state()
+    rank, world, barrier = _accelerate_state(args.device)
     if world > 1:
         from accelerate import PartialState
 
-        device = PartialState().device
+        device = PartialState().device  # cpu for a CPU (gloo) run, this process's GPU otherwise
     else:
         device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # which Inception metrics: only when there is something to compare with (or asked for)
@@ -257,6 +303,12 @@ def _run_model(args: argparse.Namespace) -> dict[str, Any] | None:
 
             real_src = as_source(args.real, "real")
     num_samples = args.num_samples if args.num_samples is not None else (500 if digits else 50000)
+    from mgen.eval.evaluation import _check_counts
+
+    _check_counts(metrics, num_samples, real_src.num_images if real_src is not None else None,
+                  args.kid_subset_size, args.isc_splits, args.pr_k)
+    if digits and num_samples < 2:
+        raise UserError(f"digits-FID needs at least 2 samples, got --num-samples {num_samples}")
     from mgen.pipelines import family_of
     from mgen.samplers.recap import recap_from_cli
 
@@ -305,7 +357,8 @@ def _run_model(args: argparse.Namespace) -> dict[str, Any] | None:
     meta = {"model": args.model, "weights": args.weights, "sampler": sampler_settings,
             "features": sorted((["inception"] if extractor is not None else []) + (["digits"] if digits else [])),
             "inception_weights": weights_id["sha256"] if weights_id else None}
-    key = hashlib.sha256(json.dumps({**meta, "n": num_samples, "seed": args.seed, "bs": args.batch_size},
+    # (the batch size and the number of processes do not change the samples, so they are not part of the key)
+    key = hashlib.sha256(json.dumps({**meta, "n": num_samples, "seed": args.seed},
                                     sort_keys=True).encode()).hexdigest()[:10]
     work_dir = args.work_dir or f"mgen-eval-{Path(str(args.model)).name}-{key}"
     feats = stream_features(sample_fn, extract, num_samples, work_dir, num_classes=num_classes, seed=args.seed,
@@ -313,6 +366,10 @@ def _run_model(args: argparse.Namespace) -> dict[str, Any] | None:
                             rank=rank, world_size=world, barrier=barrier)
     if feats is None:
         return None
+    try:
+        shard_size = json.loads((Path(work_dir) / "meta.json").read_text()).get("shard_size")
+    except (OSError, ValueError):
+        shard_size = args.shard_size
     result: dict[str, Any] = {}
     if metrics:
         real_feats = None
@@ -336,7 +393,9 @@ def _run_model(args: argparse.Namespace) -> dict[str, Any] | None:
     result.update({
         "model": args.model, "weights": args.weights, "num_samples": num_samples, "sampler": sampler_settings,
         "sampler_defaults": dict(defaults) if isinstance(defaults, dict) else None,
-        "seed": args.seed, "sample_seeds": f"(seed << 32) + i for i in 0..{num_samples - 1}",
+        "seed": args.seed,
+        "sample_seeds": f"one torch.Generator per sample, seeded (seed << 32) + i for i in 0..{num_samples - 1}",
+        "num_processes": world, "shard_size": shard_size, "feature_block": BLOCK,
         "labels": "class floor(i * num_classes / num_samples)" if num_classes else None,
         "batch_size": args.batch_size, "work_dir": str(work_dir), "real": args.real,
         "inception_weights": weights_id,
