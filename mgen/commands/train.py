@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help="the global batch: items per optimizer step over all processes (a positive integer); "
                         "each of N processes takes about 1/N of it")
+    p.add_argument("--micro-batch-size", type=int, default=None,
+                   help="at most this many items per process and forward pass (a positive integer): the rest of a "
+                        "process's share is reached by gradient accumulation; default: the whole share at once")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate, a finite number in (0, 1]")
     p.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"), default=None,
                    help="overrides the config; 'auto' (the default) takes accelerate's --mixed_precision when given, "
@@ -44,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse out-of-range numbers up front (argparse has already refused what is not a number at all)."""
-    for name in ("max_steps", "batch_size"):
+    for name in ("max_steps", "batch_size", "micro_batch_size"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
@@ -91,8 +94,8 @@ def run(args: argparse.Namespace) -> int:
     check_args(args)
     entry = registry.load_config_file(args.config) if Path(args.config).suffix in (".yaml", ".yml") else registry.get(args.config)
     out = check_out_dir(args.out or f"runs/{entry.name}")
-    extra = {k: v for k, v in (("lr", args.lr), ("mixed_precision", args.mixed_precision), ("plot", args.plot))
-             if v is not None}
+    extra = {k: v for k, v in (("lr", args.lr), ("mixed_precision", args.mixed_precision), ("plot", args.plot),
+                               ("micro_batch_size", args.micro_batch_size)) if v is not None}
     if extra:  # every family's builder hands entry.train to TrainConfig.from_mapping
         entry = dataclasses.replace(entry, train={**entry.train, **extra})
     trainer = _build(entry, str(out), args.max_steps, args.batch_size, args.seed)

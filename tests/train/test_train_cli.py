@@ -23,7 +23,7 @@ def fake_builder(monkeypatch):
     calls = []
 
     def build(entry, out_dir, max_steps, batch_size, seed):
-        train = {k: v for k, v in entry.train.items() if k in {"lr", "plot", "mixed_precision", "seed"}}
+        train = {k: v for k, v in entry.train.items() if k in {"lr", "plot", "mixed_precision", "seed", "micro_batch_size"}}
         cfg = TrainConfig.from_mapping({"max_steps": 3, "batch_size": 8, "log_every": 1, "progress": False, **train},
                                        out_dir=out_dir, max_steps=max_steps, batch_size=batch_size, seed=seed)
         calls.append(cfg)
@@ -45,7 +45,7 @@ BAD_NUMBERS = [
     ["--batch-size", "0"], ["--batch-size", "-1"], ["--max-steps", "0"], ["--max-steps", "-5"],
     ["--lr", "nan"], ["--lr", "inf"], ["--lr", "-inf"], ["--lr", "0"], ["--lr", "-1e-3"], ["--lr", "2"],
     ["--seed", "-1"], ["--seed", "99999999999999999999999"],
-    ["--batch-size", "abc"], ["--batch-size", "1.5"], ["--max-steps", "nan"], ["--lr", "fast"],
+    ["--micro-batch-size", "0"], ["--batch-size", "abc"], ["--batch-size", "1.5"], ["--max-steps", "nan"], ["--lr", "fast"],
     ["--mixed-precision", "fp64"],
 ]
 
@@ -128,9 +128,10 @@ def test_train_writes_curves_png(tmp_path, capsys, fake_builder):
     pytest.importorskip("matplotlib")
     run = tmp_path / "run"
     code, err = _main(capsys, "--config", "mar-digits", "--out", str(run), "--max-steps", "4", "--lr", "0.005",
-                      "--plot")
+                      "--plot", "--micro-batch-size", "3")
     assert code == 0, err
-    assert fake_builder[0].lr == 0.005 and fake_builder[0].plot is True and fake_builder[0].max_steps == 4
+    cfg = fake_builder[0]
+    assert (cfg.lr, cfg.plot, cfg.max_steps, cfg.micro_batch_size) == (0.005, True, 4, 3)
     png = run / "curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from PIL import Image
