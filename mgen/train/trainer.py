@@ -222,7 +222,10 @@ def _make_accelerator(mixed_precision: str):
         # one process may run several trainers one after the other (tests, benchmarks) with different precisions;
         # accelerate keeps its first choice in a process-wide singleton otherwise
         AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=mixed_precision, cpu=cpu, step_scheduler_with_optimizer=False)
+    try:
+        return Accelerator(mixed_precision=mixed_precision, cpu=cpu, step_scheduler_with_optimizer=False)
+    except ValueError as e:  # e.g. fp16 on a machine without a GPU, an unknown ACCELERATE_MIXED_PRECISION
+        raise UserError(f"mixed precision {mixed_precision!r}: {str(e).splitlines()[0] if str(e) else e}") from None
 
 
 class Trainer:
