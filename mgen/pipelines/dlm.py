@@ -58,6 +58,9 @@ SAMPLERS: dict[str, str] = {
     "dream": "mgen.samplers.dlm:DreamSampler",
     "exact": "mgen.samplers.dlm:ExactSampler",
     "joint": "mgen.samplers.joint:JointSampler",
+    "eb": "mgen.samplers.entropy_bound:EntropyBoundSampler",
+    "diffusion_gemma": "mgen.samplers.diffusion_gemma:DiffusionGemmaSampler",
+    "llada2": "mgen.samplers.llada2:LLaDA2Sampler",
 }
 #: settings a pipeline starts from when no config gives any (LLaDA2Pipeline-like lengths)
 DEFAULT_SETTINGS: dict[str, Any] = {"gen_length": 128, "steps": 32}
@@ -228,7 +231,7 @@ class DLMPipeline(DiffusionPipeline):
         if scheduler is None:
             k = getattr(joint_sampler, "config", {}).get("tokens_per_step") if joint_sampler is not None else None
             scheduler = settings_for("joint", DEFAULT_SETTINGS, {"tokens_per_step": k}) if joint_sampler is not None \
-                else settings_for("llada", DEFAULT_SETTINGS)
+                else settings_for(getattr(model, "default_sampler", "llada"), DEFAULT_SETTINGS)
         elif not isinstance(scheduler, SamplerSettings):
             scheduler = SamplerSettings.of(scheduler)  # a sampler object
         self.register_modules(model=model, tokenizer=tokenizer, joint_sampler=joint_sampler, scheduler=scheduler)
@@ -311,7 +314,7 @@ class DLMPipeline(DiffusionPipeline):
             settings = settings_for("joint", DEFAULT_SETTINGS, config_settings,
                                     {"tokens_per_step": layer.config.get("tokens_per_step")})
         else:
-            settings = settings_for("llada", DEFAULT_SETTINGS, config_settings)
+            settings = settings_for(getattr(net, "default_sampler", "llada"), DEFAULT_SETTINGS, config_settings)
         return cls(net, tok if tok is not None else found_tok, joint_sampler=layer, scheduler=settings)
 
     @classmethod
