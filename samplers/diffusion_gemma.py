@@ -146,6 +146,7 @@ class DiffusionGemmaSampler:
     confidence_threshold: float | None = 0.005
     reference: str | None = None
     max_new_tokens: int = 256  # used when sample() is not given one (pipelines)
+    eos: str | None = None  # mgen's EOS switch: "none" ignores EOS ids; None / "stop" / "pad": as transformers
     tokens_per_forward: torch.Tensor | None = field(default=None, init=False, repr=False)
     _canvases: int = field(default=1, init=False, repr=False)
 
@@ -165,6 +166,8 @@ class DiffusionGemmaSampler:
             raise UserError(f"unknown reference {self.reference!r}; choose None or 'transformers'")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens <= 0:
             raise UserError(f"max_new_tokens must be a positive integer (got {self.max_new_tokens!r})")
+        if self.eos not in (None, "none", "stop", "pad"):
+            raise UserError(f"unknown EOS handling {self.eos!r}; choose from none, stop, pad")
 
     @property
     def total_steps(self) -> int:
@@ -201,7 +204,7 @@ class DiffusionGemmaSampler:
         cfg = m.config
         canvas_length, vocab = int(cfg.canvas_length), int(cfg.text_config.vocab_size)
         gen_cfg = getattr(m, "generation_config", None)
-        if eos_token_id is None:
+        if eos_token_id is None and self.eos != "none":
             eos_token_id = getattr(gen_cfg, "eos_token_id", None)
         if pad_token_id is None:
             pad_token_id = getattr(gen_cfg, "pad_token_id", None)

@@ -142,8 +142,13 @@ class LLaDA2Sampler:
     mask_id: int | None = None  # None: the model's
     eos_id: int | None = None  # None: the model's
     reference: str | None = None
+    eos: str | None = None  # mgen's EOS switch: "none" turns eos_early_stop off, "stop" / "pad" on
 
     def __post_init__(self) -> None:
+        if self.eos is not None:
+            if self.eos not in ("none", "stop", "pad"):
+                raise UserError(f"unknown EOS handling {self.eos!r}; choose from none, stop, pad")
+            self.eos_early_stop = self.eos != "none"
         for name in ("gen_length", "block_length", "steps", "minimal_topk"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:

@@ -222,3 +222,17 @@ def test_hf_text_loader_recognises_the_folder_before_the_masked_lm_path(model, t
     out = DiffusionGemmaSampler(max_denoising_steps=3, max_new_tokens=4).sample(
         lm, ids, generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 8) and out[1, :2].tolist() == [0, 0]
+
+
+def test_dlm_pipeline_runs_a_diffusion_gemma_folder(model, tmp_path):
+    from mgen.pipelines.dlm import DLMPipeline
+
+    model.save_pretrained(tmp_path)
+    _save_tokenizer(tmp_path)
+    pipe = DLMPipeline.from_pretrained(tmp_path)
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe.sampler, DiffusionGemmaSampler)  # the model's default sampler, no option needed
+    out = pipe("t2 t5 t6", max_denoising_steps=3, max_new_tokens=8, generator=torch.Generator().manual_seed(0))
+    direct = DiffusionGemmaSampler(max_denoising_steps=3, max_new_tokens=8).sample(
+        pipe.model, [[2, 5, 6]], generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out.sequences, direct) and isinstance(out.texts[0], str)

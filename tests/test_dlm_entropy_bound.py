@@ -137,3 +137,18 @@ def test_model_without_mask_token():
 
     with pytest.raises(UserError, match="no mask token"):
         EntropyBoundSampler(gen_length=4).sample(NoMask(), [[1, 2]])
+
+
+def test_pipeline_sampler_eb(dlm_text):
+    from mgen.pipelines.dlm import DLMPipeline
+
+    net, prompts = dlm_text
+    pipe = DLMPipeline.from_pretrained("dlm-text")
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(input_ids=prompts, sampler="eb", entropy_bound=6.0, gen_length=16,
+               generator=torch.Generator().manual_seed(0), output_type="ids")
+    direct = EntropyBoundSampler(gen_length=16, entropy_bound=6.0).sample(
+        pipe.model, prompts, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out.sequences, direct)
+    with pytest.raises(UserError, match="entropy bound"):
+        pipe(input_ids=prompts, sampler="eb", entropy_bound=0.0, gen_length=16)

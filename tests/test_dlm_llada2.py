@@ -180,3 +180,18 @@ def test_hf_text_loader_sends_llada2_folders_to_their_loader(tmp_path):
         "AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM"}}))
     with pytest.raises(UserError, match="LLaDA2 checkpoint"):
         load_hf_dlm(tmp_path)
+
+
+def test_pipeline_sampler_llada2(dlm_text):
+    from mgen.pipelines.dlm import DLMPipeline
+
+    net, ids = dlm_text
+    pipe = DLMPipeline.from_pretrained("dlm-text")
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(input_ids=ids, sampler="llada2", gen_length=16, block_length=8, num_inference_steps=4,
+               temperature=1.0, generator=torch.Generator().manual_seed(0), output_type="ids")
+    direct = LLaDA2Sampler(gen_length=16, block_length=8, steps=4, temperature=1.0).sample(
+        pipe.model, ids, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out.sequences, direct)
+    with pytest.raises(UserError, match="multiple of block_length"):
+        pipe(input_ids=ids, sampler="llada2", gen_length=20, block_length=8)
