@@ -470,7 +470,11 @@ class Trainer:
         record: dict[str, float] = {}
         running, count = 0.0, 0
         self.model.train()
-        log = open(self.out_dir / "log.jsonl", "a") if acc.is_main_process else None
+        log = open(self.out_dir / "log.jsonl", "a+") if acc.is_main_process else None
+        if log is not None and log.tell() > 0:  # a kill may have cut the last line: start on a fresh one
+            log.seek(log.tell() - 1)
+            if log.read(1) != "\n":
+                log.write("\n")
         try:
             while self.step < end:
                 lr = self.optimizer.param_groups[0]["lr"]  # set by the scheduler: lr_at(step)

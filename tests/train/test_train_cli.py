@@ -172,3 +172,14 @@ def test_read_log_keeps_the_last_run(tmp_path):
     log.write_text("\n".join(json.dumps({"step": s, "loss": 1.0, "lr": 0.1}) if s != "cut" else '{"step": 3, "lo'
                              for s in rows))
     assert [r["step"] for r in read_log(log)] == [1, 2]
+
+
+def test_log_cut_by_a_kill_is_continued_on_a_new_line(tmp_path):
+    from mgen.train.plot import read_log
+    from train_helpers import trainer
+
+    trainer(tmp_path, max_steps=4).train()
+    log = tmp_path / "log.jsonl"
+    log.write_text(log.read_text() + '{"step": 5, "lo')  # killed mid-write
+    trainer(tmp_path, max_steps=6).train()
+    assert [r["step"] for r in read_log(log)] == [1, 2, 3, 4, 5, 6]
