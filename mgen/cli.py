@@ -56,7 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=first if first in NAMES else None)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help / --version (0) or a usage error already reported in one line (2)
+        return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
     if args.command is None:
         parser.print_help()
         return 0

@@ -188,6 +188,8 @@ def resolve(name_or_path: str | os.PathLike, weights: str | os.PathLike | None =
             spec = Spec(get_family(entry.family), FILE, entry=entry, path=p)
         elif p.is_dir():
             spec = _folder_spec(p)
+            if config is not None and spec.layout == COMPONENT_FOLDER:  # the config adds sampler / tokenizer
+                spec = Spec(spec.family, COMPONENT_FOLDER, entry=_config_entry(config), path=p)
         else:
             spec = _file_spec(p, want)
             if spec.layout == YAML and weights is not None:

@@ -98,12 +98,12 @@ def test_sample_cli_writes_grid_and_images(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--model", "no-such-model"], "unknown model"),
     (["--steps", "0"], "--steps"),
-    (["--steps", "257"], "--steps"),
+    (["--steps", "1001"], "--steps"),
     (["--class", "10"], "out of range"),
     (["--cfg", "-0.5"], "--cfg"),
     (["--out", "/proc/mgen-cannot-write"], "cannot write"),
     (["--model", "mar-b", "--class", "1000"], "out of range"),
-    (["--model", "mar-b", "--steps", "300"], "--steps"),
+    (["--model", "mar-b", "--steps", "1001"], "--steps"),
     (["--model", "mar-b", "--cfg", "-1"], "--cfg"),
 ])
 def test_sample_bad_input_one_line(capsys, argv, message):

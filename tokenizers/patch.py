@@ -44,6 +44,9 @@ class PatchTokenizer(ModelMixin, ConfigMixin):
         self.image_size = int(image_size)
         self.scaling_factor = float(scaling_factor)
         self.shift = float(shift)
+        # A parameter-free module has no device or dtype for diffusers (``pipe.device``, ``pipe.dtype``, ``.to()``)
+        # to read; this empty, unsaved buffer gives it one.
+        self.register_buffer("_anchor", torch.zeros(0), persistent=False)
 
     @property
     def latent_channels(self) -> int:

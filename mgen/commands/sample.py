@@ -114,6 +114,15 @@ def run(args: argparse.Namespace) -> int:
     if num is not None and num > MAX_SAMPLES and not args.force:
         raise UserError(f"--num {num} is more than {MAX_SAMPLES} images; pass --force to write them all")
     entry = spec.entry if spec is not None else None
+    if entry is None and spec is None:
+        from mgen import registry
+
+        entry = registry.get(model)
+    n_cls = (entry.arch.get("class_num", entry.arch.get("num_classes")) if entry is not None else None)
+    if args.classes is not None and isinstance(n_cls, int):
+        bad = [c for c in args.classes if not 0 <= c < n_cls]
+        if bad:
+            raise UserError(f"--class {bad[0]} is out of range for {model} (0..{n_cls - 1})")
     steps = args.steps if args.steps is not None else (entry.sampler.get("num_steps", entry.sampler.get(
         "num_inference_steps")) if entry is not None else None)
     recap = recap_from_args(args, family, steps)

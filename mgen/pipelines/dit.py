@@ -17,9 +17,11 @@ import torch
 from diffusers import ImagePipelineOutput
 
 from mgen.errors import UserError
+from mgen.models.dit import DiT
 from mgen.pipelines.base import MgenPipeline, check_output_type, format_images
 from mgen.resolver import read_json
 from mgen.samplers.settings import SamplerSettings
+from mgen.tokenizers.kl import KLTokenizer
 from mgen.tokenizers.latents import decode_latents
 
 
@@ -33,16 +35,15 @@ class DiTPipeline(MgenPipeline):
     model_cpu_offload_seq = "transformer->vae"
     _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, transformer: Any, vae: Any, scheduler: Any = None) -> None:
+    # exact classes: diffusers' from_pipe moves a component over only when its type is listed here
+    def __init__(self, transformer: DiT, vae: KLTokenizer, scheduler: SamplerSettings | None = None) -> None:
         super().__init__()
         self._init_components(transformer, vae, scheduler)
 
     @classmethod
     def from_diffusers_folder(cls, folder: str | os.PathLike, **kwargs: Any) -> "DiTPipeline":
         """A diffusers ``DiTPipeline`` folder: its transformer, its VAE and its scheduler's config."""
-        from mgen.models.dit import DiT
         from mgen.samplers.ddpm import DDPMSampler
-        from mgen.tokenizers.kl import KLTokenizer
 
         folder = Path(folder)
         dtype = kwargs.get("torch_dtype")

@@ -5,7 +5,11 @@ MaskGIT (JAX) VQGAN; which tokenizer class reads a file is the resolver's busine
 
 from __future__ import annotations
 
+from mgen.models.enat import ENAT
 from mgen.pipelines.maskgit import MaskGITPipeline
+from mgen.samplers.settings import SamplerSettings
+from mgen.tokenizers.maskgit_jax_vq import MaskGITJaxVQTokenizer
+from mgen.tokenizers.vq import VQTokenizer
 
 
 class ENATPipeline(MaskGITPipeline):
@@ -15,6 +19,10 @@ class ENATPipeline(MaskGITPipeline):
     default_sampler = "mgen.samplers.enat:ENATSampler"
     sampler_aliases = {"num_inference_steps": "num_steps", "steps": "num_steps", "guidance_scale": "cfg",
                        "temperature": "samp_temp"}
+
+    def __init__(self, transformer: ENAT, vqvae: VQTokenizer | MaskGITJaxVQTokenizer,
+                 scheduler: SamplerSettings | None = None) -> None:
+        super().__init__(transformer, vqvae, scheduler)
 
 
 __all__ = ["ENATPipeline"]

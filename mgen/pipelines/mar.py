@@ -18,8 +18,12 @@ from diffusers import ImagePipelineOutput
 
 from mgen.errors import UserError
 from mgen.fileio import atomic_dir
+from mgen.models.mar import MAR
 from mgen.pipelines.base import MgenPipeline, as_labels, check_output_type, format_images
 from mgen.samplers.recap import wrap as recap_wrap
+from mgen.samplers.settings import SamplerSettings
+from mgen.tokenizers.kl import KLTokenizer
+from mgen.tokenizers.patch import PatchTokenizer
 from mgen.tokenizers.latents import decode_latents
 
 
@@ -34,7 +38,9 @@ class MARPipeline(MgenPipeline):
     _optional_components = ["tokenizer", "scheduler"]
     _callback_tensor_inputs = ["tokens", "mask"]
 
-    def __init__(self, tokenizer: Any, transformer: Any, scheduler: Any = None) -> None:
+    # exact classes: diffusers' from_pipe moves a component over only when its type is listed here
+    def __init__(self, tokenizer: PatchTokenizer | KLTokenizer | None, transformer: MAR,
+                 scheduler: SamplerSettings | None = None) -> None:
         super().__init__()
         self._init_components(transformer, tokenizer, scheduler)
         self.last_sampler: Any = None
@@ -88,8 +94,6 @@ def convert_official_checkpoint(src: str | os.PathLike, out: str | os.PathLike, 
     is built in a temporary sibling and renamed into place (a kill leaves no half-written ``out``).
     """
     from mgen import hub, registry
-    from mgen.models.mar import MAR
-    from mgen.samplers.settings import SamplerSettings
     from mgen.tokenizers import load_tokenizer
 
     out = Path(out)

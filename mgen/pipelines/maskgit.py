@@ -14,8 +14,12 @@ import torch
 from diffusers import ImagePipelineOutput
 
 from mgen.errors import UserError
+from mgen.models.maskgit import MaskGITTransformer
 from mgen.pipelines.base import MgenPipeline, as_labels, check_output_type, format_images
 from mgen.samplers.recap import wrap as recap_wrap
+from mgen.samplers.settings import SamplerSettings
+from mgen.tokenizers.maskgit_jax_vq import MaskGITJaxVQTokenizer
+from mgen.tokenizers.vq import VQTokenizer
 from mgen.tokenizers.latents import decode_codes
 
 
@@ -30,7 +34,9 @@ class MaskGITPipeline(MgenPipeline):
     model_cpu_offload_seq = "transformer->vqvae"
     _callback_tensor_inputs = ["tokens", "mask"]
 
-    def __init__(self, transformer: Any, vqvae: Any, scheduler: Any = None) -> None:
+    # exact classes: diffusers' from_pipe moves a component over only when its type is listed here
+    def __init__(self, transformer: MaskGITTransformer, vqvae: VQTokenizer | MaskGITJaxVQTokenizer,
+                 scheduler: SamplerSettings | None = None) -> None:
         super().__init__()
         self._init_components(transformer, vqvae, scheduler)
         self.last_sampler: Any = None

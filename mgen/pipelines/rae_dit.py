@@ -12,7 +12,11 @@ from typing import Any
 
 import torch
 
+from mgen.models.lightningdit import LightningDiT
 from mgen.pipelines.dit import DiTPipeline
+from mgen.samplers.settings import SamplerSettings
+from mgen.tokenizers.kl import KLTokenizer
+from mgen.tokenizers.rae import RAETokenizer
 
 
 class RAEDiTPipeline(DiTPipeline):
@@ -20,6 +24,10 @@ class RAEDiTPipeline(DiTPipeline):
 
     default_model = "rae-dit-digits"
     default_sampler = "mgen.samplers.flow:FlowSampler"
+
+    def __init__(self, transformer: LightningDiT, vae: RAETokenizer | KLTokenizer,
+                 scheduler: SamplerSettings | None = None) -> None:
+        super().__init__(transformer, vae, scheduler)
 
     @classmethod
     def from_diffusers_folder(cls, folder: Any, **kwargs: Any) -> Any:  # a diffusers DiT folder is a DiTPipeline
