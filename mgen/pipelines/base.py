@@ -20,7 +20,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 
 from mgen.errors import UserError, WeightsError
 from mgen.families import family_of_class
-from mgen.pipelines.loading import load_pipeline, split_load_kwargs
+from mgen.pipelines.loading import diffusers_dtype_kwargs, load_pipeline, split_load_kwargs
 from mgen.resolver import DIFFUSERS_DIT_FOLDER, PIPELINE_FOLDER, Spec, build_component
 from mgen.samplers.settings import SamplerSettings
 from mgen.tokenizers import load_tokenizer
@@ -110,7 +110,7 @@ class MgenPipeline(DiffusionPipeline):
         if spec.layout == PIPELINE_FOLDER:
             if errors:
                 raise WeightsError(errors[0])
-            pipe = super().from_pretrained(os.fspath(spec.path), **load_kwargs)
+            pipe = super().from_pretrained(os.fspath(spec.path), **diffusers_dtype_kwargs(load_kwargs))
             if not isinstance(pipe, cls):
                 raise UserError(f"{spec.path}: a {type(pipe).__name__} folder, not a {cls.__name__} one")
             if tokenizer is not None:

@@ -20,8 +20,26 @@ from mgen.resolver import Spec, resolve
 DIFFUSERS_LOAD_KWARGS = frozenset({
     "torch_dtype", "device_map", "low_cpu_mem_usage", "variant", "use_safetensors", "local_files_only", "cache_dir",
     "revision", "max_memory", "offload_folder", "offload_state_dict", "provider", "sess_options", "use_onnx",
-    "dduf_file", "quantization_config",
+    "dduf_file", "quantization_config", "dtype",
 })
+
+
+def diffusers_dtype_kwargs(load_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``torch_dtype`` under the name the installed diffusers reads (0.42 renamed it ``dtype`` and warns on the old
+    name; older versions know only ``torch_dtype``)."""
+    out = dict(load_kwargs)
+    dtype = out.pop("torch_dtype", None)
+    dtype = out.pop("dtype", None) if dtype is None else (out.pop("dtype", None) or dtype)
+    if dtype is None:
+        return out
+    try:
+        from diffusers.utils import deprecation_utils
+
+        renamed = hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE")
+    except ImportError:  # pragma: no cover - very old diffusers
+        renamed = False
+    out["dtype" if renamed else "torch_dtype"] = dtype
+    return out
 
 
 def split_load_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -57,8 +75,9 @@ def load_pipeline(name_or_path: str | os.PathLike, weights: str | os.PathLike | 
     config = overrides.pop("config", None)
     pipeline_cls = overrides.pop("pipeline_cls", None)
     load_kwargs, sampler_overrides = split_load_kwargs(overrides)
-    if "torch_dtype" in load_kwargs:
-        load_kwargs["torch_dtype"] = parse_dtype(load_kwargs["torch_dtype"])
+    for key in ("torch_dtype", "dtype"):
+        if key in load_kwargs:
+            load_kwargs["torch_dtype"] = parse_dtype(load_kwargs.pop(key))
     errors: list[str] = []
     spec: Spec | None = None
     try:
