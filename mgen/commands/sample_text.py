@@ -35,9 +35,12 @@ TEXT_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--top-p",), dict(type=float, default=None)),
     (("--top-k",), dict(type=int, default=None)),
     (("--cfg-scale",), dict(type=float, default=None)),
-    (("--sampler",), dict(default=None, help="llada | dream | exact | joint (default: from the other options)")),
+    (("--sampler",), dict(default=None, help="llada | dream | exact | joint | eb | llada2 | "
+                                                 "diffusion_gemma (default: from the other options / the model)")),
     (("--joint-sampler",), dict(default=None, help="ADJUST layer name or file (e.g. joint-dlm-text)")),
     (("--tokens-per-step",), dict(type=int, default=None, help="tokens unmasked per full forward (joint)")),
+    (("--entropy-bound",), dict(type=float, default=None,
+                                help="eb: unmask while sum(H) - max(H) <= G per forward (selects --sampler eb)")),
     (("--eos",), dict(default="stop", help="none | stop | pad: what happens after an end-of-text token")),
     (("--stream",), dict(action="store_true", help="print the partly decoded text after every step")),
     (("--trust-remote-code",), dict(action="store_true",
@@ -88,7 +91,9 @@ def run_text(args: argparse.Namespace) -> int:
             sys.stderr.write(f"[step {step + 1}] {texts[0]!r}\n")
     out = pipe(prompt=prompts, gen_length=args.gen_length, block_length=args.block_length,
                num_inference_steps=args.steps, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-               sampler=args.sampler, remasking=args.remasking, alg=args.alg, alg_temp=args.alg_temp,
+               sampler=args.sampler or ("eb" if getattr(args, "entropy_bound", None) is not None else None),
+               entropy_bound=getattr(args, "entropy_bound", None),
+               remasking=args.remasking, alg=args.alg, alg_temp=args.alg_temp,
                cfg_scale=args.cfg_scale, tokens_per_step=args.tokens_per_step, eos=args.eos,
                generator=torch.Generator().manual_seed(args.seed), stream=stream)
     texts = [p + t for p, t in zip(prompts, out.texts)]
