@@ -152,8 +152,8 @@ def test_torch_dtype_on_official_and_registered_paths(tmp_path):
     assert KLTokenizer.from_pretrained(tmp_path / "kl.ckpt", config={"scaling_factor": 0.7}).scaling_factor == 0.7
     assert VQTokenizer.from_pretrained("vq-digits", torch_dtype=torch.bfloat16).dtype == torch.bfloat16
     assert RAETokenizer.from_pretrained("rae-digits", torch_dtype=torch.bfloat16).dtype == torch.bfloat16
-    with pytest.raises(UserError, match="unknown arguments"):
-        KLTokenizer.from_pretrained(tmp_path / "kl.ckpt", colour="blue")
+    # what diffusers' pipeline loader passes never fails (newer loaders add arguments)
+    assert KLTokenizer.from_pretrained(tmp_path / "kl.ckpt", use_flashpack=False, provider=None).dtype == torch.float32
 
 
 def test_looks_like_tells_the_official_formats_apart():

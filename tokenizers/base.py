@@ -29,16 +29,6 @@ from mgen.errors import UserError, WeightsError
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
-#: keyword arguments of diffusers' ``ModelMixin.from_pretrained`` (the pipeline loader passes several of them):
-#: accepted by every tokenizer's ``from_pretrained``, forwarded to diffusers for a saved folder, else ignored
-#: (``torch_dtype`` is honoured on every path).
-LOADING_KWARGS = frozenset({
-    "torch_dtype", "dtype", "low_cpu_mem_usage", "device_map", "variant", "use_safetensors", "local_files_only",
-    "subfolder", "revision", "cache_dir", "force_download", "proxies", "token", "output_loading_info", "max_memory",
-    "offload_folder", "offload_state_dict", "quantization_config", "disable_mmap", "provider_options", "sess_options",
-})
-
-
 @runtime_checkable
 class Tokenizer(Protocol):
     """What every mgen tokenizer provides."""
@@ -64,10 +54,11 @@ class Tokenizer(Protocol):
 # -- loading keyword arguments -------------------------------------------------------------------------------
 
 def split_loading_kwargs(kwargs: Mapping[str, Any], what: str) -> tuple[torch.dtype | None, dict[str, Any]]:
-    """``(torch_dtype, diffusers kwargs)`` from a ``from_pretrained`` call; an unknown keyword is a ``UserError``."""
-    bad = sorted(set(kwargs) - LOADING_KWARGS)
-    if bad:
-        raise UserError(f"{what}.from_pretrained: unknown arguments {bad}")
+    """``(torch_dtype, the kwargs for diffusers' loader)`` from a ``from_pretrained`` call.
+
+    diffusers' pipeline loader passes its own loading arguments (``torch_dtype``, ``low_cpu_mem_usage``,
+    ``device_map``, ``variant``, ``use_safetensors``, newer ones such as ``use_flashpack``): none of them fails.
+    They are forwarded when a saved folder is read by diffusers and ignored on the other paths."""
     rest = dict(kwargs)
     dtype = rest.get("dtype") or rest.get("torch_dtype")
     if dtype is not None and not isinstance(dtype, torch.dtype):
