@@ -236,3 +236,20 @@ def test_dlm_pipeline_runs_a_diffusion_gemma_folder(model, tmp_path):
     direct = DiffusionGemmaSampler(max_denoising_steps=3, max_new_tokens=8).sample(
         pipe.model, [[2, 5, 6]], generator=torch.Generator().manual_seed(0))
     assert torch.equal(out.sequences, direct) and isinstance(out.texts[0], str)
+
+
+def test_cli_sample_on_a_folder_and_without_tokenizer(model, tmp_path, capsys):
+    from mgen.cli import main as cli_main
+
+    bare = tmp_path / "bare"
+    model.save_pretrained(bare)
+    capsys.readouterr()  # transformers' shard-writing bar
+    assert cli_main(["sample", "--model", str(bare), "--prompt", "t2 t5"]) == 2
+    err = capsys.readouterr().err
+    assert "without a tokenizer" in err and len(err.strip().splitlines()) == 1
+    full = tmp_path / "full"
+    model.save_pretrained(full)
+    _save_tokenizer(full)
+    capsys.readouterr()
+    assert cli_main(["sample", "--model", str(full), "--prompt", "t2 t5", "--seed", "0"]) == 0
+    assert capsys.readouterr().out.startswith("t2 t5")

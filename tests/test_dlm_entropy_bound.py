@@ -1,4 +1,4 @@
-"""Entropy-bounded sampling for masked DLMs: transformers' acceptance rule, γ → 0 = the exact sampler, EB + ADJUST."""
+"""Entropy-bounded sampling for masked DLMs: transformers' accept rule, bound -> 0 = exact sampler, EB + ADJUST."""
 
 from __future__ import annotations
 
@@ -152,3 +152,14 @@ def test_pipeline_sampler_eb(dlm_text):
     assert torch.equal(out.sequences, direct)
     with pytest.raises(UserError, match="entropy bound"):
         pipe(input_ids=prompts, sampler="eb", entropy_bound=0.0, gen_length=16)
+
+
+def test_cli_entropy_bound(capsys):
+    from mgen.cli import main as cli_main
+
+    args = ["sample", "--model", "dlm-text", "--prompt", "The list", "--gen-length", "8", "--seed", "0"]
+    assert cli_main(args + ["--sampler", "eb", "--entropy-bound", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "entropy bound must be > 0" in err and len(err.strip().splitlines()) == 1
+    assert cli_main(args + ["--entropy-bound", "6"]) == 0  # --entropy-bound alone selects eb
+    assert capsys.readouterr().out.startswith("The list")
