@@ -82,9 +82,9 @@ def test_cfg_runs_both_halves_in_one_batch():
     seen = []
     orig = m.condition
 
-    def spy(tokens, mask, labels, drop=None):
+    def spy(tokens, mask, labels, drop=None, **kw):
         seen.append((tokens.shape[0], None if drop is None else drop.tolist()))
-        return orig(tokens, mask, labels, drop)
+        return orig(tokens, mask, labels, drop, **kw)
 
     m.condition = spy
     sample(m, [0, 1], cfg=1.0, num_steps=3)

@@ -34,6 +34,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from mgen.nn import TimestepEmbedder
@@ -47,8 +48,18 @@ def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torc
     return x * (1 + scale) + shift
 
 
+def _state_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the head's residual stream runs in: float64 for float64 inputs, else float32 (also for bf16/fp16
+    weights: only the matmuls run in the reduced dtype, docs/ARCHITECTURE.md "Reduced precision")."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 class ResBlock(nn.Module):
-    """x + gate·MLP(adaLN(LN(x); y)) (MAR ``ResBlock``; keys ``in_ln``, ``mlp.0/2``, ``adaLN_modulation.1``)."""
+    """x + gate·MLP(adaLN(LN(x); y)) (MAR ``ResBlock``; keys ``in_ln``, ``mlp.0/2``, ``adaLN_modulation.1``).
+
+    With reduced-precision weights the linears run in their dtype and everything else in ``x``'s dtype
+    (float32): the casts are no-ops for a float32 model, which computes exactly the official block.
+    """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -58,8 +69,10 @@ class ResBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(channels, 3 * channels))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)
-        return x + gate * self.mlp(_modulate(self.in_ln(x), shift, scale))
+        dt = self.mlp[0].weight.dtype
+        shift, scale, gate = self.adaLN_modulation(y.to(dt)).to(x.dtype).chunk(3, dim=-1)
+        h = _modulate(self.in_ln(x.to(self.in_ln.weight.dtype)).to(x.dtype), shift, scale)
+        return x + gate * self.mlp(h.to(dt)).to(x.dtype)
 
 
 class FinalLayer(nn.Module):
@@ -72,8 +85,9 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(model_channels, 2 * model_channels))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(y).chunk(2, dim=-1)
-        return self.linear(_modulate(self.norm_final(x), shift, scale))
+        dt = self.adaLN_modulation[-1].weight.dtype
+        shift, scale = self.adaLN_modulation(y.to(dt)).to(x.dtype).chunk(2, dim=-1)
+        return self.linear(_modulate(self.norm_final(x), shift, scale).to(self.linear.weight.dtype)).to(x.dtype)
 
 
 class SimpleMLPAdaLN(nn.Module):
@@ -112,16 +126,19 @@ class SimpleMLPAdaLN(nn.Module):
 
     def embed_condition(self, c: torch.Tensor) -> torch.Tensor:
         """``cond_embed(z)``: constant over the diffusion steps of one sampling call, so computed once."""
-        return self.cond_embed(c)
+        return self.cond_embed(c.to(self.cond_embed.weight.dtype))
 
     def forward_embedded(self, x: torch.Tensor, t: torch.Tensor, c_emb: torch.Tensor) -> torch.Tensor:
         """The network with the condition already embedded; ``t`` is (N,) or a scalar-like (1,) tensor."""
         return self.forward_with_embeddings(x, self.time_embed(t.reshape(-1)), c_emb)
 
     def forward_with_embeddings(self, x: torch.Tensor, t_emb: torch.Tensor, c_emb: torch.Tensor) -> torch.Tensor:
-        """The network given ``time_embed(t)`` ((N, W) or (1, W)) and ``cond_embed(z)`` (N, W)."""
-        h = self.input_proj(x)
-        y = t_emb + c_emb
+        """The network given ``time_embed(t)`` ((N, W) or (1, W)) and ``cond_embed(z)`` (N, W).
+
+        The result is in ``x``'s dtype, float32 for reduced-precision inputs (see :class:`ResBlock`)."""
+        sd = _state_dtype(x)
+        h = self.input_proj(x.to(self.input_proj.weight.dtype)).to(sd)
+        y = t_emb.to(sd) + c_emb.to(sd)
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
             for block in self.res_blocks:
                 h = checkpoint(block, h, y, use_reentrant=False)
@@ -328,6 +345,121 @@ class GaussianDiffusion:
         return x
 
 
+class HeadPlan:
+    """The head's reverse process prepared once for a sampling call: the same arithmetic as
+    :meth:`GaussianDiffusion.sample` (IDDPM eqs. 11-15, MAR's temperature and CFG) with the work that does not
+    change the result beyond float rounding removed (docs/ARCHITECTURE.md, "Sampling speed"):
+
+    * ``time_embed`` of the ``S`` respaced timesteps once per plan, one row per step shared by all token rows
+      (the official loop embeds the same t once per row at every step);
+    * ``cond_embed(z)`` once per MAR step; the CFG halves in one batch; ``input_proj`` once for both halves
+      (they see the same x);
+    * the seven adaLN modulations (six blocks + final layer) as ONE matmul: they all read ``SiLU(t_emb + c_emb)``,
+      so their weights are concatenated once per plan (``1 + scale`` folded into the bias);
+    * μ = A_i·x − B_i·ε and σ = exp(E_i + F_i·v) with per-step scalars folded in float64;
+    * no per-step re-allocation of the modulation buffer, no host synchronisation.
+
+    With bf16/fp16 weights only the matmuls run in that dtype: the residual stream, LayerNorms, the timestep
+    table, the output layer and all diffusion arithmetic stay float32; the result is float32.
+    ``compile=True`` runs the per-step network through ``torch.compile`` (dynamic shapes).
+    """
+
+    def __init__(self, net: "SimpleMLPAdaLN", diffusion: "GaussianDiffusion", compile: bool = False) -> None:
+        w = net.model_channels
+        self.net, self.width, self.depth = net, w, len(net.res_blocks)
+        self.cdt = net.res_blocks[0].mlp[0].weight.dtype if self.depth else net.input_proj.weight.dtype
+        dev = net.input_proj.weight.device
+        with torch.no_grad():
+            lins = [b.adaLN_modulation[-1] for b in net.res_blocks] + [net.final_layer.adaLN_modulation[-1]]
+            self.ada_w_t = torch.cat([lin.weight for lin in lins]).to(self.cdt).t()  # (W, 3W·D + 2W)
+            bias = torch.cat([lin.bias for lin in lins]).to(torch.float64)
+            for k in range(self.depth + 1):  # scale segments: x·(1 + scale) + shift
+                o = 3 * w * k + w
+                bias[o:o + w] += 1.0
+            self.ada_b = bias.to(self.cdt)
+            self.ln = [(b.in_ln.weight.float(), b.in_ln.bias.float()) for b in net.res_blocks]
+            self.mlp = [(b.mlp[0].weight, b.mlp[0].bias, b.mlp[2].weight, b.mlp[2].bias) for b in net.res_blocks]
+            ts = torch.as_tensor(diffusion.timestep_map, dtype=torch.long, device=dev)
+            self.t_emb = net.time_embed(ts).float()  # (S, W)
+        a = diffusion._np
+        c1, c2 = a["post_coef1"], a["post_coef2"]
+        lb, lp = a["log_betas"], a["post_logvar_clipped"]
+        self.A = (c1 * a["sqrt_recip_ac"] + c2).tolist()
+        self.B = (c1 * a["sqrt_recipm1_ac"]).tolist()
+        self.E = (0.25 * (lb + lp)).tolist()
+        self.F = (0.25 * (lb - lp)).tolist()
+        self.num_timesteps = diffusion.num_timesteps
+        self.eps_v: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self._eps_v
+        if compile:
+            self.eps_v = torch.compile(self._eps_v, dynamic=True)
+        self.compiled = compile
+
+    def _eps_v(self, x: torch.Tensor, t_emb: torch.Tensor, c_emb: torch.Tensor, cfg: float | torch.Tensor,
+               buf: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(guided ε, v) for the state x (N, C) given t_emb (W,) and c_emb (N or 2N, W), all float32."""
+        net, w, cdt = self.net, self.width, self.cdt
+        n, ch = x.shape
+        rows = c_emb.shape[0]
+        s = F.silu(c_emb + t_emb).to(cdt)
+        mods = torch.addmm(self.ada_b, s, self.ada_w_t, out=buf) if buf is not None else torch.addmm(self.ada_b, s, self.ada_w_t)
+        mods = mods.float()
+        h = F.linear(x.to(net.input_proj.weight.dtype), net.input_proj.weight, net.input_proj.bias).float()
+        if rows != n:
+            h = torch.cat([h, h])
+        for k in range(self.depth):
+            o = 3 * w * k
+            ln_w, ln_b = self.ln[k]
+            w0, b0, w2, b2 = self.mlp[k]
+            hn = torch.addcmul(mods[:, o:o + w], F.layer_norm(h, (w,), ln_w, ln_b, 1e-6), mods[:, o + w:o + 2 * w])
+            m = F.linear(F.silu(F.linear(hn.to(cdt), w0, b0)), w2, b2).float()
+            h = torch.addcmul(h, mods[:, o + 2 * w:o + 3 * w], m)
+        o = 3 * w * self.depth
+        hn = torch.addcmul(mods[:, o:o + w], F.layer_norm(h, (w,), None, None, 1e-6), mods[:, o + w:o + 2 * w])
+        fin = net.final_layer.linear
+        out = F.linear(hn.to(fin.weight.dtype), fin.weight, fin.bias).float()
+        if rows != n:
+            eps_c, eps_u = out[:n, :ch], out[n:, :ch]
+            return eps_u + cfg * (eps_c - eps_u), out[:n, ch:]
+        return out[:, :ch], out[:, ch:]
+
+    @torch.no_grad()
+    def sample(self, z: torch.Tensor, noise: torch.Tensor, step_noise: torch.Tensor | None = None,
+               temperature: float = 1.0, cfg: float | torch.Tensor = 1.0, generator: torch.Generator | None = None,
+               stats: dict[str, int] | None = None) -> torch.Tensor:
+        """Reverse process from ``noise`` (N, C) to x_0 (N, C) float32; arguments as :meth:`GaussianDiffusion.sample`."""
+        n = noise.shape[0]
+        guided = z.shape[0] == 2 * n
+        if not guided and z.shape[0] != n:
+            raise ValueError(f"{z.shape[0]} conditions for {n} tokens")
+        sd = _state_dtype(noise)
+        net = self.net
+        c_emb = F.linear(z.to(net.cond_embed.weight.dtype), net.cond_embed.weight, net.cond_embed.bias).to(sd)
+        t_emb = self.t_emb.to(sd)
+        x = noise.to(sd)
+        if isinstance(cfg, torch.Tensor):
+            cfg = cfg.to(sd)
+        buf = None
+        if not self.compiled:
+            buf = torch.empty(c_emb.shape[0], self.ada_w_t.shape[1], dtype=self.cdt, device=x.device)
+        for i in reversed(range(self.num_timesteps)):
+            eps, v = self.eps_v(x, t_emb[i], c_emb, cfg, buf)
+            mean = self.A[i] * x - self.B[i] * eps
+            if i > 0:
+                nz = step_noise[i] if step_noise is not None else torch.randn(
+                    x.shape, generator=generator, device=generator.device if generator is not None else x.device).to(x.device)
+                std = torch.exp(self.F[i] * v + self.E[i])
+                x = torch.addcmul(mean, std, nz.to(sd), value=temperature)
+            else:
+                x = mean
+        if stats is not None:
+            stats["head_rows"] = stats.get("head_rows", 0) + c_emb.shape[0] * self.num_timesteps
+        return x
+
+
+def _fingerprint(module: nn.Module) -> tuple:
+    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in module.parameters())
+
+
 class DiffLoss(nn.Module):
     """The diffusion-loss head: ``net`` (SimpleMLPAdaLN) + training and sampling diffusions (MAR ``DiffLoss``)."""
 
@@ -340,6 +472,7 @@ class DiffLoss(nn.Module):
         self.train_diffusion = GaussianDiffusion(None, noise_schedule=noise_schedule)
         self.num_sampling_steps = int(num_sampling_steps)
         self._gen: dict[int, GaussianDiffusion] = {}
+        self._plans: dict[tuple, tuple[tuple, HeadPlan]] = {}
 
     def gen_diffusion(self, steps: int | None = None) -> GaussianDiffusion:
         """The respaced sampling diffusion with ``steps`` (default: the configured ``num_sampling_steps``)."""
@@ -359,7 +492,21 @@ class DiffLoss(nn.Module):
             return (loss * mask).sum() / mask.sum()
         return loss.mean()
 
+    def plan(self, steps: int | None = None, compile: bool = False) -> HeadPlan:
+        """The prepared sampling loop for ``steps`` head steps (:class:`HeadPlan`), cached until a weight changes
+        (new tensor, dtype, device or an in-place update)."""
+        steps = int(steps or self.num_sampling_steps)
+        key = (steps, bool(compile))
+        fp = _fingerprint(self.net)
+        cached = self._plans.get(key)
+        if cached is None or cached[0] != fp:
+            self._plans = {k: v for k, v in self._plans.items() if v[0] == fp}
+            cached = self._plans[key] = (fp, HeadPlan(self.net, self.gen_diffusion(steps), compile))
+        return cached[1]
+
     def sample(self, z: torch.Tensor, noise: torch.Tensor, step_noise: torch.Tensor | None = None,
                temperature: float = 1.0, cfg: float | torch.Tensor = 1.0, steps: int | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.gen_diffusion(steps).sample(self.net, z, noise, step_noise, temperature, cfg, generator)
+               generator: torch.Generator | None = None, compile: bool = False) -> torch.Tensor:
+        """Sample tokens (N, C) for conditions z (N or 2N, Z) through :meth:`plan` (float32 result);
+        :meth:`GaussianDiffusion.sample` is the step-by-step reference (bit-identical to the official loop)."""
+        return self.plan(steps, compile).sample(z, noise, step_noise, temperature, cfg, generator)

@@ -34,6 +34,7 @@ from typing import Any, Mapping
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -42,6 +43,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from mgen.errors import UserError, WeightsError
 from mgen.models.diffloss import DiffLoss
 from mgen.nn import KVCache, ViTBlock
+from mgen.nn.attention import attention
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,6 +202,15 @@ class MAR(ModelMixin, ConfigMixin):
 
     config_name = "config.json"
     _supports_gradient_checkpointing = True
+    #: Parameters that stay float32 when the model is cast to bf16/fp16 (``model.to(torch.bfloat16)`` or
+    #: ``from_pretrained(..., torch_dtype=...)``), matched against the components of each parameter name as
+    #: diffusers does: embeddings and position tables, every LayerNorm, the head's timestep embedding, its input
+    #: projection and its output layer. The linears of the transformer blocks and of the head run in the reduced
+    #: dtype; residual streams and diffusion arithmetic stay float32 (docs/ARCHITECTURE.md, "Reduced precision").
+    _keep_in_fp32_modules = ["class_emb", "fake_latent", "z_proj", "z_proj_ln", "encoder_pos_embed_learned",
+                             "encoder_norm", "mask_token", "decoder_pos_embed_learned", "decoder_norm",
+                             "diffusion_pos_embed_learned", "norm1", "norm2", "in_ln", "time_embed", "input_proj",
+                             "linear"]
 
     @register_to_config
     def __init__(self, img_size: int = 256, vae_stride: int = 16, patch_size: int = 1, vae_embed_dim: int = 16,
@@ -251,6 +262,24 @@ class MAR(ModelMixin, ConfigMixin):
         self.initialize_weights()
         self.diffloss = DiffLoss(self.token_embed_dim, decoder_embed_dim, diffloss_d, diffloss_w,
                                  num_sampling_steps, grad_checkpointing, noise_schedule)
+
+    # ---- dtype ---------------------------------------------------------------------------------
+    def _apply(self, fn: Any, recurse: bool = True) -> "MAR":
+        out = super()._apply(fn, recurse)
+        self.restore_fp32_parts()
+        return out
+
+    def restore_fp32_parts(self) -> None:
+        """Cast the :attr:`_keep_in_fp32_modules` parameters back to float32 if they were cast to bf16/fp16."""
+        keep = set(self._keep_in_fp32_modules)
+        for name, p in self.named_parameters():
+            if p.dtype in (torch.bfloat16, torch.float16) and keep.intersection(name.split(".")):
+                p.data = p.data.float()
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of the transformer's and head's matmuls (float32, or bf16/fp16 after a cast)."""
+        return self.decoder_embed.weight.dtype
 
     # ---- init ---------------------------------------------------------------------------------
     def initialize_weights(self) -> None:
@@ -306,19 +335,48 @@ class MAR(ModelMixin, ConfigMixin):
             raise ValueError("every row of the mask must hide the same number of tokens")
         return torch.argsort(m.to(torch.uint8), dim=1, stable=True)[:, :n_keep]
 
+    @staticmethod
+    def _block(block: nn.Module, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """One ViT block; with reduced-precision linears the residual stream and the LayerNorms stay in ``x``'s
+        dtype (float32) and only the attention/MLP linears run in the reduced dtype."""
+        dt = block.attn.qkv.weight.dtype
+        if dt == x.dtype:
+            return block(x, cache=cache)
+        x = x + block.attn(block.norm1(x).to(dt), cache=cache).to(x.dtype)
+        return x + block.mlp(block.norm2(x).to(dt)).to(x.dtype)
+
+    @staticmethod
+    def _block_rows(block: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``block(x)`` evaluated only for the rows ``rows`` (B, n) of x (B, N, D): keys and values come from
+        every row, queries, output projection and MLP only from the selected ones → (B, n, D)."""
+        attn = block.attn
+        dt = attn.qkv.weight.dtype
+        b, _, d = x.shape
+        h, hd = attn.num_heads, attn.head_dim
+        xn = block.norm1(x).to(dt)
+        kv = F.linear(xn, attn.qkv.weight[d:], attn.qkv.bias[d:] if attn.qkv.bias is not None else None)
+        k, v = kv.reshape(b, -1, 2, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        xq = _gather_rows(x, rows)
+        q = F.linear(_gather_rows(xn, rows), attn.qkv.weight[:d], attn.qkv.bias[:d] if attn.qkv.bias is not None else None)
+        q = q.reshape(b, -1, h, hd).transpose(1, 2)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        o = attention(q, k, v).transpose(1, 2).reshape(b, -1, d)
+        xq = xq + attn.proj(o).to(x.dtype)
+        return xq + block.mlp(block.norm2(xq).to(dt)).to(x.dtype)
+
     def _run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
             for block in blocks:
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(self._block, block, x, use_reentrant=False)
         else:
             for block in blocks:
-                x = block(x, cache=cache)
+                x = self._block(block, x, cache)
         return x
 
     def forward_mae_encoder(self, tokens: torch.Tensor, keep: torch.Tensor, class_emb: torch.Tensor,
                             cache: KVCache | None = None) -> torch.Tensor:
         """Buffer ← class embedding, + position, LN, drop masked tokens, ViT blocks, LN → (B, n_keep, D)."""
-        x = self.z_proj(tokens)
+        x = self.z_proj(tokens.to(self.z_proj.weight.dtype))
         b, _, d = x.shape
         buf = class_emb[:, None, :].to(x.dtype).expand(b, self.buffer_size, d)
         x = torch.cat([buf, x], dim=1) + self.encoder_pos_embed_learned
@@ -326,15 +384,25 @@ class MAR(ModelMixin, ConfigMixin):
         x = _gather_rows(x, keep)
         return self.encoder_norm(self._run_blocks(self.encoder_blocks, x, cache))
 
-    def forward_mae_decoder(self, x: torch.Tensor, keep: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Scatter the kept tokens among mask tokens, + position, ViT blocks, LN, drop buffer, + diffusion position."""
-        x = self.decoder_embed(x)
+    def forward_mae_decoder(self, x: torch.Tensor, keep: torch.Tensor, cache: KVCache | None = None,
+                            query: torch.Tensor | None = None) -> torch.Tensor:
+        """Scatter the kept tokens among mask tokens, + position, ViT blocks, LN, drop buffer, + diffusion position.
+
+        ``query`` (B, n) token indices: return only those rows' conditions (B, n, D); the last block then
+        evaluates only them (its keys/values still come from every row), which changes nothing but float rounding.
+        """
+        x = self.decoder_embed(x.to(self.decoder_embed.weight.dtype)).to(x.dtype)
         b, _, d = x.shape
         full = self.mask_token.to(x.dtype).expand(b, self.seq_len + self.buffer_size, d).clone()
         full = full.scatter(1, keep[..., None].expand(-1, -1, d), x)
         x = full + self.decoder_pos_embed_learned
-        x = self.decoder_norm(self._run_blocks(self.decoder_blocks, x, cache))
-        return x[:, self.buffer_size:] + self.diffusion_pos_embed_learned
+        if query is None or cache is not None or len(self.decoder_blocks) == 0:
+            x = self.decoder_norm(self._run_blocks(self.decoder_blocks, x, cache))
+            z = x[:, self.buffer_size:] + self.diffusion_pos_embed_learned
+            return z if query is None else _gather_rows(z, query)
+        x = self._run_blocks(self.decoder_blocks[:-1], x)
+        x = self.decoder_norm(self._block_rows(self.decoder_blocks[-1], x, query + self.buffer_size))
+        return x + self.diffusion_pos_embed_learned[0][query]
 
     def condition_cached(self, tokens: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None,
                          drop: torch.Tensor | None, cache: KVCache) -> torch.Tensor:
@@ -376,13 +444,14 @@ class MAR(ModelMixin, ConfigMixin):
         rows, slots = torch.gather(rows, 1, first), torch.gather(slots, 1, first)
         enc.append, enc.positions = True, slots[:, :n_stored]
         d_enc = self.encoder_pos_embed_learned.shape[-1]
-        full = torch.cat([torch.zeros(b, nb, d_enc, device=dev, dtype=tokens.dtype), self.z_proj(tokens)], dim=1)
+        zt = self.z_proj(tokens.to(self.z_proj.weight.dtype))
+        full = torch.cat([torch.zeros(b, nb, d_enc, device=dev, dtype=zt.dtype), zt], dim=1)
         if nb:
             emb = self.class_embedding(labels, drop, batch=b).to(full.dtype)
             full[:, :nb] = emb[:, None, :]
         full = self.z_proj_ln(full + self.encoder_pos_embed_learned)
         xe = self.encoder_norm(self._run_blocks(self.encoder_blocks, _gather_rows(full, rows), enc))
-        xe = self.decoder_embed(xe)
+        xe = self.decoder_embed(xe.to(self.decoder_embed.weight.dtype)).to(xe.dtype)
         d = xe.shape[-1]
         x_full = self.mask_token.to(xe.dtype).expand(b, seq, d).clone().scatter(1, rows[..., None].expand(-1, -1, d), xe)
         dec_rows = g + nb
@@ -394,11 +463,15 @@ class MAR(ModelMixin, ConfigMixin):
         return x[:, -n:] + self.diffusion_pos_embed_learned[0][g]
 
     def condition(self, tokens: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None,
-                  drop: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+                  drop: torch.Tensor | None = None, cache: KVCache | None = None,
+                  query: torch.Tensor | None = None) -> torch.Tensor:
         """Per-token conditions z for the diffusion head: (B, L, token_dim), (B, L) with 1 = masked, (B,) → (B, L, D).
 
         ``drop`` (B,) bool replaces the class embedding by ``fake_latent`` (the unconditional branch);
         ``labels=None`` makes every row unconditional. Every row must mask the same number of tokens.
+        ``query`` (B, n) token indices: only those rows are returned, (B, n, D) (the decoder's last block then
+        runs only for them). The result is float32 for a bf16/fp16 model (its float32 parts: see
+        :attr:`_keep_in_fp32_modules`).
         """
         if tokens.dim() != 3 or tokens.shape[1:] != (self.seq_len, self.token_embed_dim):
             raise ValueError(f"tokens must be (B, {self.seq_len}, {self.token_embed_dim}), got {tuple(tokens.shape)}")
@@ -411,7 +484,8 @@ class MAR(ModelMixin, ConfigMixin):
         if cache is not None:
             cache.child("encoder").rows = keep
         x = self.forward_mae_encoder(tokens, keep, emb, cache.child("encoder") if cache is not None else None)
-        return self.forward_mae_decoder(x, keep, cache.child("decoder") if cache is not None else None)
+        z = self.forward_mae_decoder(x, keep, cache.child("decoder") if cache is not None else None, query)
+        return z if cache is None or query is None else _gather_rows(z, query)
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The diffusion head's raw output ε_θ ‖ v for noisy tokens (N, C), timesteps (N,), conditions (N, D) → (N, 2C)."""
@@ -472,6 +546,7 @@ class MAR(ModelMixin, ConfigMixin):
                 raise WeightsError(f"{p}: not a MAR folder (no config.json)")
             if config is None:
                 model = super().from_pretrained(str(p), **kwargs)
+                model.restore_fp32_parts()
                 return model.eval()
             files = sorted(p.glob("*.safetensors"))
             if not files:
