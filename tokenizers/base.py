@@ -22,9 +22,12 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from mgen import hub, registry
 from mgen.errors import UserError, WeightsError
+from mgen.families import get_family
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -102,8 +105,6 @@ def safetensors_metadata(path: Path) -> dict[str, str]:
     """The string metadata of a ``.safetensors`` file ({} for other files)."""
     if path.suffix != ".safetensors":
         return {}
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(path), "pt") as f:
             return dict(f.metadata() or {})
@@ -128,9 +129,6 @@ def metadata_config(path: Path) -> dict[str, Any] | None:
 def registry_entry(name: str, cls: type, what: str) -> Any:
     """The registry entry ``name`` after checking, in the families table, that ``cls`` is its family's model
     class (a name of another family is a one-line ``UserError`` before any weights are looked for)."""
-    from mgen import registry
-    from mgen.families import get_family
-
     entry = registry.get(name)
     if get_family(entry.family).model_class_name != cls.__name__ and not _entry_selects(cls, entry):
         raise UserError(f"{name} is a {entry.family!r} model, not {what}")
@@ -145,8 +143,6 @@ def _entry_selects(cls: type, entry: Any) -> bool:
 
 def resolve_name(name: str, cls: type, what: str) -> tuple[Any, Path]:
     """A registered name → (entry, local weights path), or the one-line error saying how to get the weights."""
-    from mgen import hub
-
     entry = registry_entry(name, cls, what)
     return entry, hub.resolve(name, what="tokenizer weights").path
 
@@ -157,8 +153,6 @@ def config_arch(config: Any, cls: type, what: str) -> dict[str, Any] | None:
         return None
     if isinstance(config, Mapping):
         return dict(config)
-    from mgen import registry
-
     c = os.fspath(config)
     if c.endswith((".yaml", ".yml")):
         return dict(registry.load_config_file(c).arch)
@@ -202,7 +196,7 @@ def load_saved_folder(cls: type, folder: Path, kwargs: Mapping[str, Any]) -> Any
     """A folder written by ``cls.save_pretrained``, loaded by diffusers' ``ModelMixin.from_pretrained``
     (never from the network, safetensors only unless the caller says otherwise); failures become one
     ``WeightsError`` line naming the folder."""
-    from diffusers.models.modeling_utils import ModelMixin
+    from diffusers.models.modeling_utils import ModelMixin  # (here: ``import mgen.tokenizers`` stays light)
 
     kw = dict(kwargs)
     kw["local_files_only"] = True

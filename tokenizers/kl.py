@@ -16,6 +16,7 @@ self-describing safetensors files, and the training task for ``mgen train --conf
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -24,18 +25,23 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from diffusers import AutoencoderKL
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from mgen.errors import UserError, WeightsError
 from mgen.fileio import atomic_dir
+from mgen.hub import iter_state_dicts, load_checkpoint, save_safetensors
 from mgen.tokenizers.base import (CONFIG_NAME, WEIGHTS_NAME, ArchAliasesMixin, build_from_arch, check_state_dict, config_arch,
                                   config_kwargs, finish, folder_of, is_own_folder, load_saved_folder, metadata_config,
                                   plain, read_json, resolve_name, split_loading_kwargs)
 from mgen.tokenizers.checks import check_images, check_latents
+from mgen.tokenizers.diffusers_attention import use_mgen_attention
+from mgen.tokenizers.digits import digits_images
 from mgen.tokenizers.ldm_keys import LDMArch, infer_ldm_arch, ldm_to_diffusers
 from mgen.tokenizers.lightning import load_lightning_checkpoint
+from mgen.tokenizers.lpips import LPIPS
 from mgen.tokenizers.training import _train_settings, adversarial_loss, attach_discriminator
 MAR_KL16_SCALING = 0.2325  # LTH14/mar engine_mar.py
 MAR_KL16_ARCH = dict(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, z_channels=16)  # LTH14/mar models/vae.py
@@ -147,10 +153,6 @@ class KLTokenizer(ArchAliasesMixin, ModelMixin, ConfigMixin):
                  decoder_attn_resolutions: Sequence[int] | None = None, out_ch: int | None = None,
                  double_z: bool | None = None, dropout: float | None = None) -> None:
         super().__init__()
-        from diffusers import AutoencoderKL
-
-        from mgen.tokenizers.diffusers_attention import use_mgen_attention
-
         given = dict(zip(LDM_ALIASES, (ch, ch_mult, num_res_blocks, z_channels, embed_dim, resolution, attn_resolutions,
                                        decoder_attn_resolutions, out_ch, double_z, dropout)))
         given = {k: v for k, v in given.items() if v is not None}
@@ -240,14 +242,10 @@ class KLTokenizer(ArchAliasesMixin, ModelMixin, ConfigMixin):
         found = next((w for w in weights if w.is_file()), None)
         if found is None:
             raise WeightsError(f"{folder}: no weights file ({WEIGHTS_NAME})")
-        from mgen.hub import load_checkpoint
-
         return cls._build(_diffusers_defaults(config), load_checkpoint(found), str(found))
 
     @classmethod
     def _from_file(cls, path: Path, scaling_factor: float | None) -> "KLTokenizer":
-        from mgen.hub import iter_state_dicts
-
         ckpt = load_lightning_checkpoint(path)  # LDM's own KL checkpoints are Lightning files
         config = metadata_config(path)
         sd = iter_state_dicts(ckpt, ("model", "state_dict", "model_ema")) or ckpt
@@ -290,8 +288,6 @@ class KLTokenizer(ArchAliasesMixin, ModelMixin, ConfigMixin):
 
     def save_file(self, path: str | os.PathLike) -> None:
         """One self-describing ``.safetensors`` file (config in its metadata), as shipped in ``mgen/weights``."""
-        from mgen.hub import save_safetensors
-
         save_safetensors(self.state_dict(), path, metadata={"config": json.dumps(self.config_dict()), "format": "pt"})
 
     def config_dict(self) -> dict[str, Any]:
@@ -385,10 +381,6 @@ def _diffusers_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
     cfg = {k: v for k, v in config.items() if not str(k).startswith("_")}
     if config.get("_class_name") == KLTokenizer.__name__:
         return cfg
-    import inspect
-
-    from diffusers import AutoencoderKL
-
     defaults = {n: p.default for n, p in inspect.signature(AutoencoderKL.__init__).parameters.items()
                 if n != "self" and p.default is not inspect.Parameter.empty}
     used = set(config.get("_use_default_values", []))  # diffusers re-applies its defaults for these
@@ -456,7 +448,6 @@ def build_kl_training(entry: Any, out_dir: str | None = None, max_steps: int | N
     """The trainer of a KL tokenizer config (``mgen train --config configs/kl-*.yaml``) on the offline digits.
 
     ``mgen.train`` sits above the tokenizers in the layers, so it is imported here, when a training run is built."""
-    from mgen.tokenizers.digits import digits_images
     from mgen.train.trainer import TrainConfig, Trainer
 
     own, rest = _train_settings(entry)
@@ -469,8 +460,6 @@ def build_kl_training(entry: Any, out_dir: str | None = None, max_steps: int | N
     x_test, _ = digits_images("test", size=size, channels=model.in_channels)
     perceptual = None
     if own.get("perceptual_weights"):
-        from mgen.tokenizers.lpips import LPIPS
-
         perceptual = LPIPS.from_file(own["perceptual_weights"])
     disc_weight, disc_start = attach_discriminator(model, own)
     task = KLTrainTask(model, kl_weight=float(own.get("kl_weight", 1e-6)), recon=own.get("recon", "l1"),

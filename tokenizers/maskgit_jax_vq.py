@@ -50,11 +50,12 @@ from torch import nn
 
 from mgen import registry
 from mgen.errors import UserError, WeightsError
+from mgen.families import get_family
 from mgen.fileio import atomic_dir
 from mgen.hub import iter_state_dicts, load_checkpoint, save_safetensors
-from mgen.tokenizers.base import (CONFIG_NAME, WEIGHTS_NAME, ArchAliasesMixin, Float32Islands, build_from_arch,
-                                  check_state_dict, config_arch, finish, folder_of, is_own_folder, load_saved_folder,
-                                  metadata_config, read_json, registry_entry, resolve_name, split_loading_kwargs)
+from mgen.tokenizers.base import (CONFIG_NAME, ArchAliasesMixin, Float32Islands, build_from_arch, check_state_dict,
+                                  config_arch, finish, folder_of, load_saved_folder, metadata_config, read_json,
+                                  registry_entry, resolve_name, split_loading_kwargs)
 from mgen.tokenizers.checks import check_images
 from mgen.tokenizers.lightning import load_lightning_checkpoint
 
@@ -473,8 +474,6 @@ def is_maskgit_jax_tokenizer(spec: str | os.PathLike) -> bool:
     """Whether a tokenizer name or path is this tokenizer: a registered name whose config selects this class,
     a folder / ``.safetensors`` file saved by this class, or an official checkpoint file in the MaskGIT (JAX)
     layout (read with the safe loader to look at its keys)."""
-    from mgen.families import get_family
-
     p = Path(os.fspath(spec)).expanduser()
     if not p.exists():
         if not any(e.name == str(spec) for e in registry.list_models()):

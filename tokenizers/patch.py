@@ -20,6 +20,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
+from mgen import hub
 from mgen.errors import UserError, WeightsError
 from mgen.tokenizers.base import (CONFIG_NAME, WEIGHTS_NAME, build_from_arch, config_arch, config_kwargs, finish,
                                   folder_of, is_own_folder, load_saved_folder, read_json, registry_entry,
@@ -106,8 +107,6 @@ class PatchTokenizer(ModelMixin, ConfigMixin):
         arch = config_arch(config, cls, "a patch tokenizer")
         p = Path(os.fspath(path_or_name)).expanduser()
         if not p.exists():
-            from mgen import hub
-
             entry = registry_entry(str(path_or_name), cls, "a patch tokenizer")
             found = hub.find_weights(entry)
             if found is None:

@@ -34,17 +34,23 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderRAE
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+from transformers import AutoConfig, AutoModel, ViTMAEConfig, ViTMAEForPreTraining
 
 from mgen.errors import UserError, WeightsError
 from mgen.fileio import atomic_dir
 from mgen.hub import load_checkpoint, save_safetensors
+from mgen.nn import ViTBlock, sincos_2d
+from mgen.nn.embeddings import sincos_1d
 from mgen.tokenizers.base import (CONFIG_NAME, WEIGHTS_NAME, Float32Islands, build_from_arch, check_state_dict,
                                   config_arch, config_kwargs, finish, folder_of, load_saved_folder, metadata_config,
                                   plain, read_json, resolve_name, split_loading_kwargs)
 from mgen.tokenizers.checks import check_images, check_latents
+from mgen.tokenizers.digits import digits_images
+from mgen.tokenizers.lpips import LPIPS
 from mgen.tokenizers.training import _train_settings, adversarial_loss, attach_discriminator
 
 LEGACY_WEIGHTS_NAME = "model.safetensors"  # older mgen RAE folders
@@ -86,8 +92,6 @@ def _patch_size(config: Any) -> int:
 
 def encoder_from_config(config: dict[str, Any]) -> nn.Module:
     """A transformers vision model (random weights) from its ``config.to_dict()``."""
-    from transformers import AutoConfig, AutoModel
-
     cfg = {k: v for k, v in dict(config).items() if k != "auto_map"}  # no code named by a config ever runs here
     model_type = cfg.pop("model_type", None)
     if model_type is None:
@@ -105,8 +109,6 @@ def encoder_from_config(config: dict[str, Any]) -> nn.Module:
 def load_encoder(folder: str | os.PathLike, trust_remote_code: bool = False) -> nn.Module:
     """A pretrained transformers vision backbone from a local folder: never downloads, never asks on stdin, and
     runs code that the folder's ``config.json`` names (``auto_map``) only with ``trust_remote_code=True``."""
-    from transformers import AutoModel
-
     folder = Path(os.fspath(folder)).expanduser()
     if not (folder / CONFIG_NAME).is_file():
         raise WeightsError(f"{folder}: not a transformers model folder (no config.json)")
@@ -150,9 +152,6 @@ def _sincos_2d_scaled(dim: int, grid: int, scale: float) -> torch.Tensor:
     ``scale`` = 1 is MAE / the official RAE decoder; diffusers' ``AutoencoderRAE`` uses
     ``get_2d_sincos_pos_embed(base_size=16)``, i.e. ``scale = 16 / grid`` (the same table when grid = 16).
     """
-    from mgen.nn import sincos_2d
-    from mgen.nn.embeddings import sincos_1d
-
     if scale == 1.0:
         return sincos_2d(dim, grid, extra_tokens=1)
     pos = torch.arange(grid, dtype=torch.float64) * scale
@@ -168,8 +167,6 @@ class RAEDecoder(nn.Module):
                  num_heads: int = 16, mlp_ratio: float = 4.0, out_channels: int = 3, layer_norm_eps: float = 1e-12,
                  pos_scale: float = 1.0) -> None:
         super().__init__()
-        from mgen.nn import ViTBlock
-
         self.grid, self.patch_size, self.out_channels = int(grid), int(patch_size), int(out_channels)
         self.embed = nn.Linear(latent_dim, hidden_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
@@ -412,8 +409,6 @@ class RAETokenizer(Float32Islands, ModelMixin, ConfigMixin):
 
     @classmethod
     def _from_diffusers(cls, folder: Path) -> "RAETokenizer":
-        from diffusers import AutoencoderRAE  # diffusers' model class (no code from the folder runs)
-
         try:
             ref = AutoencoderRAE.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
         except (OSError, ValueError, KeyError, RuntimeError) as e:
@@ -792,7 +787,6 @@ def build_rae_training(entry: Any, out_dir: str | None = None, max_steps: int | 
     """The trainer of an RAE config on the offline digits: stage 1 pretrains a ViT-MAE encoder (resumable, under
     OUT/encoder) unless ``train.encoder`` names a folder; stage 2 trains the decoder. ``mgen.train`` is imported
     here: it sits above the tokenizers in the layers."""
-    from mgen.tokenizers.digits import digits_images
     from mgen.train.trainer import TrainConfig, Trainer
 
     own, rest = _train_settings(entry)
@@ -814,8 +808,6 @@ def build_rae_training(entry: Any, out_dir: str | None = None, max_steps: int | 
     model.compute_stats(x_train[: int(own.get("stats_samples", x_train.shape[0]))])
     perceptual = None
     if own.get("perceptual_weights"):
-        from mgen.tokenizers.lpips import LPIPS
-
         perceptual = LPIPS.from_file(own["perceptual_weights"])
     disc_weight, disc_start = attach_discriminator(model, own)
     task = RAETrainTask(model, perceptual, float(own.get("perceptual_weight", 0.0)), preview=x_test[:16],
@@ -838,8 +830,6 @@ def _init_mae_positions(mae: nn.Module) -> None:
     ``_init_weights`` skips the encoder table and zeroes the decoder's), which makes the model blind to
     positions; we write them explicitly.
     """
-    from mgen.nn import sincos_2d
-
     grid = mae.config.image_size // mae.config.patch_size
     emb = mae.vit.embeddings.position_embeddings
     emb.copy_(sincos_2d(emb.shape[-1], grid, extra_tokens=1)[None].to(emb.dtype))
@@ -849,8 +839,6 @@ def _init_mae_positions(mae: nn.Module) -> None:
 
 def _pretrain_mae(arch: dict[str, Any], own: dict[str, Any], cfg: Any, x_train: torch.Tensor, out: Path,
                   mean: Sequence[float], std: Sequence[float]) -> nn.Module:
-    from transformers import ViTMAEConfig, ViTMAEForPreTraining
-
     from mgen.train.trainer import TrainConfig, Trainer
 
     enc = dict(arch.get("encoder", {}))

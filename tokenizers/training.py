@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mgen.tokenizers.patchgan import PatchDiscriminator, adversarial_terms
+
 
 def _train_settings(entry: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split ``entry.train`` into the tokenizer's own settings and the shared TrainConfig's."""
@@ -23,8 +25,6 @@ def attach_discriminator(model: nn.Module, own: dict[str, Any]) -> tuple[float, 
     (so the shared trainer optimises and checkpoints it); returns (weight, start step)."""
     weight = float(own.get("disc_weight", 0.0))
     if weight > 0:
-        from mgen.tokenizers.patchgan import PatchDiscriminator
-
         model.discriminator = PatchDiscriminator(3, int(own.get("disc_channels", 64)), int(own.get("disc_layers", 3)))
     return weight, int(own.get("disc_start", 0))
 
@@ -33,6 +33,4 @@ def adversarial_loss(model: nn.Module, x: torch.Tensor, rec: torch.Tensor, weigh
     disc = getattr(getattr(model, "module", model), "discriminator", None)  # (unwrap DDP)
     if disc is None or weight <= 0:
         return 0.0
-    from mgen.tokenizers.patchgan import adversarial_terms
-
     return adversarial_terms(disc, x.float(), rec.float(), weight, start)

@@ -19,6 +19,7 @@ directly and taming/MaskGIT checkpoints load after the LDM key mapping of :mod:`
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from collections.abc import Mapping
@@ -27,18 +28,23 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from diffusers import VQModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from mgen.errors import UserError, WeightsError
 from mgen.fileio import atomic_dir
+from mgen.hub import iter_state_dicts, load_checkpoint, save_safetensors
 from mgen.tokenizers.base import (CONFIG_NAME, WEIGHTS_NAME, ArchAliasesMixin, Float32Islands, build_from_arch, check_state_dict,
                                   config_arch, config_kwargs, finish, folder_of, is_own_folder, load_saved_folder,
                                   metadata_config, plain, read_json, registry_entry, resolve_name, split_loading_kwargs)
 from mgen.tokenizers.checks import check_images
+from mgen.tokenizers.diffusers_attention import use_mgen_attention
+from mgen.tokenizers.digits import digits_images
 from mgen.tokenizers.ldm_keys import LDMArch, infer_ldm_arch, ldm_to_diffusers
 from mgen.tokenizers.lightning import load_lightning_checkpoint
+from mgen.tokenizers.lpips import LPIPS
 from mgen.tokenizers.training import _train_settings, adversarial_loss, attach_discriminator
 
 QUANTIZER_KEY = "mgen_quantizer"  # extra entry in config.json with the options diffusers' quantiser lacks
@@ -194,10 +200,6 @@ class VQTokenizer(ArchAliasesMixin, ModelMixin, ConfigMixin):
                  decoder_attn_resolutions: Sequence[int] | None = None, out_ch: int | None = None,
                  stride: int | None = None) -> None:
         super().__init__()
-        from diffusers import VQModel
-
-        from mgen.tokenizers.diffusers_attention import use_mgen_attention
-
         given = dict(zip(LDM_ALIASES, (ch, ch_mult, num_res_blocks, z_channels, embed_dim, codebook_size, resolution,
                                        attn_resolutions, decoder_attn_resolutions, out_ch, stride)))
         given = {k: v for k, v in given.items() if v is not None}
@@ -289,8 +291,6 @@ class VQTokenizer(ArchAliasesMixin, ModelMixin, ConfigMixin):
     @classmethod
     def _from_folder(cls, folder: Path) -> "VQTokenizer":
         """A diffusers ``VQModel`` folder (or an older mgen folder: the same layout + ``mgen_quantizer`` options)."""
-        from mgen.hub import load_checkpoint
-
         cfg_path = folder / CONFIG_NAME
         if not cfg_path.is_file():
             raise WeightsError(f"{folder}: no {CONFIG_NAME} (expected a diffusers VQModel or mgen tokenizer folder)")
@@ -304,8 +304,6 @@ class VQTokenizer(ArchAliasesMixin, ModelMixin, ConfigMixin):
 
     @classmethod
     def _from_file(cls, path: Path) -> "VQTokenizer":
-        from mgen.hub import iter_state_dicts
-
         ckpt = load_lightning_checkpoint(path)
         config = metadata_config(path)
         sd = iter_state_dicts(ckpt, ("state_dict", "model")) or ckpt
@@ -368,8 +366,6 @@ class VQTokenizer(ArchAliasesMixin, ModelMixin, ConfigMixin):
 
     def save_file(self, path: str | os.PathLike) -> None:
         """One self-describing ``.safetensors`` file (config in its metadata), as shipped in ``mgen/weights``."""
-        from mgen.hub import save_safetensors
-
         save_safetensors(self.inference_state_dict(), path, metadata={"config": json.dumps(self.config_dict()), "format": "pt"})
 
     # -- Tokenizer protocol ---------------------------------------------------------------------
@@ -420,10 +416,6 @@ def _stored_config(config: Mapping[str, Any]) -> dict[str, Any]:
     qopts = dict(cfg.pop(QUANTIZER_KEY, None) or {})
     if config.get("_class_name") == VQTokenizer.__name__:
         return {**cfg, **qopts}
-    import inspect
-
-    from diffusers import VQModel
-
     defaults = {n: p.default for n, p in inspect.signature(VQModel.__init__).parameters.items()
                 if n != "self" and p.default is not inspect.Parameter.empty}
     used = set(config.get("_use_default_values", []))
@@ -503,7 +495,6 @@ def build_vq_training(entry: Any, out_dir: str | None = None, max_steps: int | N
                       batch_size: int | None = None, seed: int | None = None) -> Any:
     """The trainer of a VQ tokenizer config on the offline digits (``mgen.train`` is imported here: it sits
     above the tokenizers in the layers)."""
-    from mgen.tokenizers.digits import digits_images
     from mgen.train.trainer import TrainConfig, Trainer
 
     own, rest = _train_settings(entry)
@@ -516,8 +507,6 @@ def build_vq_training(entry: Any, out_dir: str | None = None, max_steps: int | N
     x_test, _ = digits_images("test", size=size, channels=model.in_channels)
     perceptual = None
     if own.get("perceptual_weights"):
-        from mgen.tokenizers.lpips import LPIPS
-
         perceptual = LPIPS.from_file(own["perceptual_weights"])
     disc_weight, disc_start = attach_discriminator(model, own)
     task = VQTrainTask(model, recon=own.get("recon", "l1"), perceptual=perceptual,
