@@ -169,6 +169,12 @@ def test_numbers_out_of_range_are_refused_before_loading(option, value, tmp_path
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("device", ["foo", "cuda:99", "cpu:x"])
+def test_bad_device_is_one_line(device, tmp_path, capsys):
+    rc = main(["eval", "--fake", str(tmp_path), "--device", device, "--no-progress"])
+    assert rc == 2 and "--device" in _one_line(capsys.readouterr().err)
+
+
 def test_cfg_nan_refused_with_the_shipped_model(run_mgen, tmp_path):
     """The issue's own command: one line, exit 2, before any sampling (no LinAlgError after it)."""
     p = run_mgen("eval", "--model", "mar-digits", "--cfg", "nan", "--work-dir", str(tmp_path / "w"), timeout=120)

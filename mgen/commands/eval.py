@@ -147,8 +147,25 @@ def check_numbers(args: argparse.Namespace) -> None:
             raise UserError(f"{_option(name)} must be in {'[' if lo_ok else '('}{lo:g}, {hi:g}], got {v}")
 
 
+def check_device(device: str | None) -> None:
+    """``--device``: a device name torch knows, and CUDA only where it is available."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"--device {device!r}: not a device (cpu, cuda, cuda:1, mps, ...)") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
 def _check_args(args: argparse.Namespace) -> None:
     check_numbers(args)
+    check_device(args.device)
     if args.model and args.fake:
         raise UserError("give either --fake DIR or --model NAME, not both")
     if not args.model and not args.fake and not (args.save_stats and args.real):
