@@ -30,6 +30,30 @@ def one_line(message: str) -> str:
     return " ".join(part.strip() for part in message.splitlines() if part.strip()) or "error"
 
 
+def _quiet_libraries() -> None:
+    """diffusers / transformers log to stderr and draw their own loading bars; the CLI reports errors itself in
+    one line and shows its own progress, so their loggers are silenced below CRITICAL (``MGEN_DEBUG=1`` keeps them)."""
+    import logging
+
+    for name in ("diffusers", "transformers", "accelerate", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.set_verbosity(logging.CRITICAL)
+        diffusers_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - diffusers is a dependency
+        pass
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.set_verbosity(logging.CRITICAL)
+        transformers_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
 def _module(name: str):
     return importlib.import_module(f"mgen.commands.{name}")
 
@@ -64,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     debug = os.environ.get("MGEN_DEBUG", "") not in ("", "0")
+    if not debug:
+        _quiet_libraries()
     try:
         return int(_module(args.command).run(args) or 0)
     except UserError as e:

@@ -76,6 +76,9 @@ def check_out_dir(out: str) -> Path:
         raise UserError(f"cannot write to output folder {d}: a file is in the way") from None
     except OSError as e:
         raise UserError(f"cannot write to output folder {d}: {e.strerror or e}") from None
+    from mgen.fileio import clean_stale_temps
+
+    clean_stale_temps(d)  # temp files a killed earlier run left behind
     return d
 
 

@@ -110,7 +110,14 @@ class MgenPipeline(DiffusionPipeline):
         if spec.layout == PIPELINE_FOLDER:
             if errors:
                 raise WeightsError(errors[0])
-            pipe = super().from_pretrained(os.fspath(spec.path), **diffusers_dtype_kwargs(load_kwargs))
+            kw = diffusers_dtype_kwargs(load_kwargs)
+            kw.setdefault("use_safetensors", True)  # mgen reads weights as safetensors (pickles only via the allow-list)
+            try:
+                pipe = super().from_pretrained(os.fspath(spec.path), **kw)
+            except OSError as e:  # a component folder without its weights / config (diffusers' fetch error)
+                first = (str(e).splitlines() or [type(e).__name__])[0]
+                raise WeightsError(f"{spec.path}: cannot load this pipeline folder ({first}); mgen reads component "
+                                   "weights as safetensors only (convert pickled .bin files with `mgen convert`)") from None
             if not isinstance(pipe, cls):
                 raise UserError(f"{spec.path}: a {type(pipe).__name__} folder, not a {cls.__name__} one")
             if tokenizer is not None:
