@@ -36,7 +36,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from mgen import hub
 from mgen.errors import UserError, WeightsError
+from mgen.fileio import atomic_dir
 from mgen.models.maskgit import _config_from, _jsonable, _load_pretrained, accepts_arch_object, load_state
 from mgen.nn import LabelEmbedder, Mlp, modulate
 from mgen.nn.attention import attention
@@ -372,8 +374,6 @@ class ENAT(ModelMixin, ConfigMixin):
 def extract_state_dict(ckpt: Mapping[str, Any], file: str | os.PathLike = "<checkpoint>") -> dict[str, torch.Tensor]:
     """The generator weights of a checkpoint: the official plain state dict, or ``nnet_ema`` / the shared
     trainer's ``ema`` / ``nnet`` / ``model`` entry; DDP ``module.`` prefixes removed."""
-    from mgen import hub
-
     state = ckpt if all(isinstance(v, torch.Tensor) for v in ckpt.values()) else hub.iter_state_dicts(ckpt, ("nnet_ema", "ema", "nnet", "model"))
     if state is None:
         raise WeightsError(f"{file}: no ENAT weights found; top-level keys: {sorted(ckpt)[:8]}")
@@ -404,8 +404,6 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> ENATConfig:
 
 def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, config: str | None = "enat-l", **arch: Any) -> None:
     """``mgen convert enat SRC OUT``: official ``nnet_ema.pth`` → a ``save_pretrained`` folder, written atomically."""
-    from mgen.fileio import atomic_dir
-
     cfg = _config_from(ENATConfig, config) if config else None
     if arch:
         cfg = ENATConfig.from_mapping({**(dataclasses.asdict(cfg) if cfg else {}), **arch}, where="--opt")

@@ -37,7 +37,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from mgen import hub, registry
 from mgen.errors import UserError, WeightsError
+from mgen.fileio import atomic_dir
 from mgen.nn import KVCache, ViTBlock
 
 
@@ -279,8 +281,6 @@ def _load_pretrained(cls: Any, arch_cls: Any, path: str | os.PathLike, config: A
                      kwargs: dict[str, Any], extract: Any, infer: Any) -> Any:
     """The shared body of MaskGIT's and ENAT's ``from_pretrained`` (see :meth:`MaskGITTransformer.from_pretrained`):
     ``extract(ckpt, file) -> state dict`` in mgen key names, ``infer(state) -> arch_cls``."""
-    from mgen import hub
-
     kwargs = dict(kwargs)
     torch_dtype = kwargs.pop("dtype", None) or kwargs.get("torch_dtype")
     if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
@@ -381,12 +381,10 @@ def to_valeoai_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.
 def extract_state_dict(ckpt: Mapping[str, Any], file: str | os.PathLike = "<checkpoint>") -> dict[str, torch.Tensor]:
     """The generator weights of a checkpoint dict, in mgen key names (valeoai ``model_state_dict`` /
     the shared trainer's ``ema``/``model`` / a bare state dict)."""
-    from mgen.hub import iter_state_dicts
-
     if all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         state = dict(ckpt)
     else:
-        state = iter_state_dicts(ckpt, ("model_state_dict", "ema", "model", "state_dict"))
+        state = hub.iter_state_dicts(ckpt, ("model_state_dict", "ema", "model", "state_dict"))
         if state is None:
             raise WeightsError(f"{file}: no MaskGIT weights found (expected 'model_state_dict' or a state dict); "
                                f"top-level keys: {sorted(ckpt)[:8]}")
@@ -446,8 +444,6 @@ def _config_from(arch_cls: Any, config: Any) -> Any:
     if config is None or isinstance(config, arch_cls):
         return config
     if isinstance(config, (str, os.PathLike)):
-        from mgen import registry
-
         s = os.fspath(config)
         e = registry.load_config_file(s) if s.endswith((".yaml", ".yml")) else registry.get(s)
         return arch_cls.from_mapping(e.arch, where=e.path)
@@ -464,8 +460,6 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, config: s
     extra ``--opt key=value`` pairs override single arch numbers (e.g. ``heads=8``). ``mgen convert`` checks
     that ``OUT`` is free (or ``--force``) before calling this.
     """
-    from mgen.fileio import atomic_dir
-
     cfg = _config_from(MaskGITConfig, config) if config else None
     if arch:
         cfg = MaskGITConfig.from_mapping({**(dataclasses.asdict(cfg) if cfg else {}), **arch}, where="--opt")
