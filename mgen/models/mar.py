@@ -708,7 +708,7 @@ def build_mar_training(entry: Any, out_dir: str | None = None, max_steps: int | 
     grid = train.pop("grid", None)
     tokenizer = None
     if entry.tokenizer:
-        from mgen.pipelines.mar import load_tokenizer
+        from mgen.tokenizers import load_tokenizer
 
         tokenizer = load_tokenizer(entry.tokenizer)
     if data == "digits" and tokenizer is None:
