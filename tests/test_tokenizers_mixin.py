@@ -342,3 +342,27 @@ def test_convert_rae_cli_refuses_folder_code_with_yes_on_stdin(tmp_path):
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in r.stderr and "auto_map" in lines[0], r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_older_mgen_rae_folder_still_loads(tmp_path):
+    """An RAE folder of the earlier mgen layout (config.json with ``encoder_config`` + ``model.safetensors``, buffers
+    ``image_mean``/``image_std``) loads and equals the shipped single file it came from."""
+    import shutil
+
+    from mgen.hub import package_weights_dir
+    from mgen.tokenizers.base import metadata_config
+
+    shipped = package_weights_dir() / "rae-digits.safetensors"
+    cfg = metadata_config(shipped)
+    assert "encoder_config" in cfg  # the shipped file is in the older spelling
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
+    shutil.copy(shipped, tmp_path / "old" / "model.safetensors")
+    a, b = RAETokenizer.from_pretrained(tmp_path / "old"), RAETokenizer.from_pretrained("rae-digits")
+    x = _images(2, 16)
+    with torch.no_grad():
+        assert torch.equal(a.encode(x), b.encode(x))
+    b.save_pretrained(tmp_path / "new")  # and the new layout restores it exactly
+    c = RAETokenizer.from_pretrained(tmp_path / "new")
+    assert all(torch.equal(v, c.state_dict()[k]) for k, v in b.state_dict().items())
+    assert c.latent_norm == b.latent_norm == "std_eps"
