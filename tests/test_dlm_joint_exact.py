@@ -1,0 +1,76 @@
+"""mgen bench joint-exact: the enumerated laws are the laws of the real sampler classes (path by path)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from mgen.bench import joint_exact as je
+from mgen.models.dlm import DLMConfig, MaskedDiffusionLM
+from mgen.models.joint_sampler import JointSamplerLayer
+from mgen.samplers.entropy_bound import EntropyBoundSampler
+from mgen.samplers.joint import JointSampler
+
+L = 4
+
+
+@pytest.fixture(scope="module")
+def toy(one_thread):
+    torch.manual_seed(0)
+    base = MaskedDiffusionLM(DLMConfig(**je.TOY_ARCH)).eval()
+    with torch.no_grad():  # sharper, position-dependent conditionals than a fresh init
+        for p in base.parameters():
+            if p.ndim == 2:
+                p.mul_(6.0)
+    layer = JointSamplerLayer(base.cfg).eval()
+    torch.nn.init.ones_(layer.norm.weight)  # a layer that changes the logits
+    return base, layer
+
+
+def _codes(x: torch.Tensor) -> torch.Tensor:
+    return (x * je.V_REAL ** torch.arange(L - 1, -1, -1)).sum(-1)
+
+
+@pytest.mark.parametrize("method", ["exact", "marginal2", "adjust2", "eb", "eb+adjust"])
+def test_enumerated_law_is_the_samplers_law(toy, method):
+    base, layer = toy
+    n = 64
+    empty = torch.zeros(n, 0, dtype=torch.long)
+    g = torch.Generator().manual_seed(1)
+    if method in ("exact", "marginal2", "adjust2"):
+        k = 1 if method == "exact" else 2
+        lay = layer if method == "adjust2" else None
+        s = JointSampler(gen_length=L, tokens_per_step=k)
+        x = s.sample(base, empty, layer=lay, generator=g)
+        law = je.enumerate_law(base, L, k=k, layer=lay)
+        fwd = s.stats.full_forwards
+    else:
+        lay = layer if method == "eb+adjust" else None
+        s = EntropyBoundSampler(gen_length=L, entropy_bound=0.6)
+        x = s.sample(base, empty, generator=g, layer=lay)
+        law = je.enumerate_law(base, L, gamma=0.6, layer=lay)
+        fwd = s.stats.full_forwards
+    assert float(law.probs.sum()) == pytest.approx(1.0, abs=1e-9)
+    assert bool((x < je.V_REAL).all())
+    q = law.probs[_codes(x)]
+    assert torch.allclose(q.log(), s.log_q, atol=1e-6)  # each sampled string: the sampler's own path probability
+    assert 1 <= law.forwards <= L and fwd >= 1
+
+
+def test_distances_and_small_bench(toy, tmp_path):
+    p = torch.tensor([0.5, 0.5, 0.0])
+    q = torch.tensor([0.25, 0.5, 0.25])
+    d = je.distances(q, p)
+    assert d["tv"] == pytest.approx(0.25) and d["kl_q_p"] == float("inf")
+    assert d["kl_p_q"] == pytest.approx(0.5 * torch.log(torch.tensor(2.0)).item())
+    parser = argparse.ArgumentParser()
+    je.add_arguments(parser)
+    args = parser.parse_args(["--length", "4", "--base-steps", "3", "--layer-steps", "2", "--trajectories", "32",
+                              "--ks", "2", "--gammas", "0.5", "--out", str(tmp_path)])
+    res = je.run(args)
+    rows = {(r["method"], r["setting"]): r for r in res["rows"]}
+    assert rows[("exact", "k=1")]["tv"] == 0.0 and rows[("marginal", "k=2")]["forwards_per_token"] == 0.5
+    assert 0 < res["meta"]["layer_cost_ratio_r"] < 1
+    assert (tmp_path / "joint_exact.json").exists() and (tmp_path / "joint_exact.md").exists()
