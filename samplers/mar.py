@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from typing import Any, Callable, Sequence
 
 import torch
@@ -30,6 +31,9 @@ from mgen.errors import UserError
 from mgen.samplers.base import per_sample_generators
 
 CFG_SCHEDULES = ("linear", "constant")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: compiled ``model.condition`` per model and compile mode (kept off the module so that deepcopy/pickle work)
+_COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str | None, Any]]" = weakref.WeakKeyDictionary()
 
 
 def mask_schedule(seq_len: int, num_steps: int) -> list[tuple[int, int, float]]:
@@ -73,12 +77,13 @@ class MARSampler:
     The model may be float32 (exact mode: the official arithmetic up to float rounding, see
     :meth:`mgen.models.diffloss.HeadPlan`) or cast to bf16/fp16 (``model.to(torch.bfloat16)``: matmuls in that
     dtype, tokens, orders, the head's diffusion arithmetic and the returned latents float32).
-    ``compile=True`` runs the transformer and the head's step function through ``torch.compile``
-    (refused with a :class:`~mgen.errors.UserError` where no backend can run).
+    ``compile=True`` runs the transformer and the head's step function through ``torch.compile`` (dynamic
+    shapes); a string picks torch.compile's mode (``"reduce-overhead"``: CUDA graphs for the fixed-shape head
+    loop of each step on GPU). Refused with a :class:`~mgen.errors.UserError` where no backend can run.
     """
 
     def __init__(self, num_steps: int = 64, cfg: float = 1.0, cfg_schedule: str = "linear", temperature: float = 1.0,
-                 head_steps: int = 100, progress: bool = False, compile: bool = False) -> None:
+                 head_steps: int = 100, progress: bool = False, compile: bool | str = False) -> None:
         if int(num_steps) != num_steps or num_steps < 1:
             raise UserError(f"num_steps must be a positive integer, got {num_steps}")
         if cfg < 0:
@@ -89,6 +94,8 @@ class MARSampler:
             raise UserError(f"temperature must be > 0, got {temperature}")
         if int(head_steps) != head_steps or not 1 <= head_steps <= 1000:
             raise UserError(f"head_steps must be an integer in 1..1000, got {head_steps}")
+        if isinstance(compile, str) and compile not in COMPILE_MODES:
+            raise UserError(f"compile mode {compile!r}: choose one of {', '.join(COMPILE_MODES)} (or True)")
         if compile:
             why = _compile_available()
             if why is not None:
@@ -99,7 +106,7 @@ class MARSampler:
         self.temperature = float(temperature)
         self.head_steps = int(head_steps)
         self.progress = progress  # accepted for old callers; pipelines show progress through ``callback``
-        self.compile = bool(compile)
+        self.compile: bool | str = compile if isinstance(compile, str) else bool(compile)
         self.timings: dict[str, float] = {}
 
     def __repr__(self) -> str:
@@ -128,11 +135,11 @@ class MARSampler:
         return torch.cat(init), torch.cat(per_step, dim=1)
 
     def _compiled_condition(self, model: torch.nn.Module) -> Any:
-        fn = getattr(model, "_mgen_compiled_condition", None)
-        if fn is None:
-            fn = torch.compile(model.condition, dynamic=True)
-            object.__setattr__(model, "_mgen_compiled_condition", fn)
-        return fn
+        cache = _COMPILED.setdefault(model, {})
+        mode = self.compile if isinstance(self.compile, str) else None
+        if mode not in cache:
+            cache[mode] = torch.compile(model.condition, dynamic=True, mode=mode)
+        return cache[mode]
 
     # -- main loop ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -222,7 +229,7 @@ class MARSampler:
             else:
                 cfg_iter = self.cfg
             noise, step_noise = self.head_noise(gens, n_pred, C, diffloss.gen_diffusion(head_steps).num_timesteps, device)
-            kw = {"compile": True} if self.compile else {}
+            kw = {"compile": self.compile} if self.compile else {}
             new = diffloss.sample(z, noise, step_noise, self.temperature, cfg_iter if guided else 1.0, head_steps, **kw)
             if fast:
                 tokens.scatter_(1, query[..., None].expand(-1, -1, C), new.reshape(bsz, n_pred, C).to(tokens.dtype))

@@ -364,7 +364,7 @@ class HeadPlan:
     ``compile=True`` runs the per-step network through ``torch.compile`` (dynamic shapes).
     """
 
-    def __init__(self, net: "SimpleMLPAdaLN", diffusion: "GaussianDiffusion", compile: bool = False) -> None:
+    def __init__(self, net: "SimpleMLPAdaLN", diffusion: "GaussianDiffusion", compile: bool | str = False) -> None:
         w = net.model_channels
         self.net, self.width, self.depth = net, w, len(net.res_blocks)
         self.cdt = net.res_blocks[0].mlp[0].weight.dtype if self.depth else net.input_proj.weight.dtype
@@ -391,8 +391,8 @@ class HeadPlan:
         self.num_timesteps = diffusion.num_timesteps
         self.eps_v: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self._eps_v
         if compile:
-            self.eps_v = torch.compile(self._eps_v, dynamic=True)
-        self.compiled = compile
+            self.eps_v = torch.compile(self._eps_v, dynamic=True, mode=compile if isinstance(compile, str) else None)
+        self.compiled = bool(compile)
 
     def _eps_v(self, x: torch.Tensor, t_emb: torch.Tensor, c_emb: torch.Tensor, cfg: float | torch.Tensor,
                buf: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -492,11 +492,11 @@ class DiffLoss(nn.Module):
             return (loss * mask).sum() / mask.sum()
         return loss.mean()
 
-    def plan(self, steps: int | None = None, compile: bool = False) -> HeadPlan:
+    def plan(self, steps: int | None = None, compile: bool | str = False) -> HeadPlan:
         """The prepared sampling loop for ``steps`` head steps (:class:`HeadPlan`), cached until a weight changes
         (new tensor, dtype, device or an in-place update)."""
         steps = int(steps or self.num_sampling_steps)
-        key = (steps, bool(compile))
+        key = (steps, compile)
         fp = _fingerprint(self.net)
         cached = self._plans.get(key)
         if cached is None or cached[0] != fp:
@@ -506,7 +506,7 @@ class DiffLoss(nn.Module):
 
     def sample(self, z: torch.Tensor, noise: torch.Tensor, step_noise: torch.Tensor | None = None,
                temperature: float = 1.0, cfg: float | torch.Tensor = 1.0, steps: int | None = None,
-               generator: torch.Generator | None = None, compile: bool = False) -> torch.Tensor:
+               generator: torch.Generator | None = None, compile: bool | str = False) -> torch.Tensor:
         """Sample tokens (N, C) for conditions z (N or 2N, Z) through :meth:`plan` (float32 result);
         :meth:`GaussianDiffusion.sample` is the step-by-step reference (bit-identical to the official loop)."""
         return self.plan(steps, compile).sample(z, noise, step_noise, temperature, cfg, generator)

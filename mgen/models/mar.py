@@ -264,6 +264,19 @@ class MAR(ModelMixin, ConfigMixin):
                                  num_sampling_steps, grad_checkpointing, noise_schedule)
 
     # ---- dtype ---------------------------------------------------------------------------------
+    def to(self, *args: Any, **kwargs: Any) -> "MAR":
+        """``nn.Module.to``; a dtype cast keeps :attr:`_keep_in_fp32_modules` in float32 (see :meth:`_apply`), so
+        diffusers' warning that ``to(dtype)`` would not is silenced here."""
+        import logging
+
+        log = logging.getLogger("diffusers.models.modeling_utils")
+        level = log.level
+        log.setLevel(logging.ERROR)
+        try:
+            return super().to(*args, **kwargs)
+        finally:
+            log.setLevel(level)
+
     def _apply(self, fn: Any, recurse: bool = True) -> "MAR":
         out = super()._apply(fn, recurse)
         self.restore_fp32_parts()
@@ -526,6 +539,11 @@ class MAR(ModelMixin, ConfigMixin):
     @classmethod
     def from_config_obj(cls, config: MARConfig) -> "MAR":
         return cls(**config.to_dict())
+
+    @classmethod
+    def from_arch(cls, arch: Mapping[str, Any] | MARConfig, where: str = "arch") -> "MAR":
+        """A random-weight MAR from a registry entry's ``arch:`` mapping (unknown keys → :class:`UserError`)."""
+        return cls.from_config_obj(arch if isinstance(arch, MARConfig) else MARConfig.from_mapping(arch, where=where))
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, config: str | MARConfig | Mapping[str, Any] | None = None,
