@@ -236,6 +236,13 @@ def test_dlm_pipeline_runs_a_diffusion_gemma_folder(model, tmp_path):
     direct = DiffusionGemmaSampler(max_denoising_steps=3, max_new_tokens=8).sample(
         pipe.model, [[2, 5, 6]], generator=torch.Generator().manual_seed(0))
     assert torch.equal(out.sequences, direct) and isinstance(out.texts[0], str)
+    from mgen.pipelines import load_pipeline
+
+    again = load_pipeline(tmp_path)  # the one resolver reaches the same pipeline and sampler
+    again.set_progress_bar_config(disable=True)
+    assert isinstance(again.sampler, DiffusionGemmaSampler)
+    out2 = again("t2 t5 t6", max_denoising_steps=3, max_new_tokens=8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out2.sequences, direct)
 
 
 def test_cli_sample_on_a_folder_and_without_tokenizer(model, tmp_path, capsys):
