@@ -103,7 +103,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            train="mgen.models.enat:build_enat_training", tokenizers=("vq", "maskgit-jax-vq"),
            converters={"enat": ("LeapLabTHU/ENAT nnet_ema.pth -> ENAT safetensors folder (--opt config=enat-l)",
                                 "mgen.models.enat:convert_checkpoint")},
-           recap=True),
+           recap=False),  # ENAT reuses features across steps itself; ReCAP's cache does not apply
     Family("dit", GENERATOR, "mgen.models.dit:DiT",
            "DiT: diffusion transformer on KL-VAE latents, DDPM/DDIM sampling (Peebles & Xie 2023)",
            sampler="mgen.samplers.ddpm:DDPMSampler", pipeline="mgen.pipelines.dit:DiTPipeline",

@@ -109,7 +109,7 @@ def check_compile(device: Any) -> None:
 def add_recap_arguments(p: argparse.ArgumentParser) -> None:
     """``--sampler recap`` / ``--recap-cache-steps N`` / ``--recap-pre-full-steps N`` / ``--recap-head-fast-ratio R``
     (shared by ``mgen sample`` and ``mgen eval``)."""
-    g = p.add_argument_group("ReCAP context-feature reuse (MaskGIT, ENAT, MAR)")
+    g = p.add_argument_group("ReCAP context-feature reuse (MaskGIT, MAR)")
     if "--sampler" not in getattr(p, "_option_string_actions", {}):
         g.add_argument("--sampler", default=None,
                        help="images: default | recap (interleave full steps with cheap steps that reuse cached "

@@ -112,6 +112,7 @@ class MgenPipeline(DiffusionPipeline):
                 raise WeightsError(errors[0])
             kw = diffusers_dtype_kwargs(load_kwargs)
             kw.setdefault("use_safetensors", True)  # mgen reads weights as safetensors (pickles only via the allow-list)
+            kw.update(local_files_only=True, trust_remote_code=False)  # never a download, never a folder's own code
             try:
                 pipe = super().from_pretrained(os.fspath(spec.path), **kw)
             except OSError as e:  # a component folder without its weights / config (diffusers' fetch error)
