@@ -10,7 +10,9 @@
 With ``--model``, samples go straight from the pipeline into the feature extractors (no PNGs). Sample i is drawn
 from its own random stream, seeded (seed << 32) + i, and the feature extractors always see the same blocks of
 16 consecutive samples, so the metrics are identical for every --batch-size and for any split over processes
-(on the same device and thread count). Feature shards (sized so that one takes about a minute) are saved in
+(on the same device and thread count, as long as the sampler returns the same uint8 image for sample i at
+every batch size: its batch-dependent float rounding, README "Errors and guarantees", can move a rare pixel by
+one grey level). Feature shards (sized so that one takes about a minute) are saved in
 ``--work-dir`` as they are finished, so running the same command again after a crash or a kill resumes where
 it stopped, with identical metrics. The JSON (written atomically, only when everything succeeded) records the
 metrics, the model and sampler settings, the seeds and the versions.
