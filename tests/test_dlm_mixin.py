@@ -179,6 +179,8 @@ def test_joint_pipeline_by_name_round_trips(tmp_path):
     assert torch.equal(back("The with statement", generator=torch.Generator().manual_seed(0)).sequences,
                        out.sequences)
     same_state(back.joint_sampler, pipe.joint_sampler)
+    moved = DLMPipeline.from_pipe(pipe)
+    assert moved.model is pipe.model and moved.joint_sampler is pipe.joint_sampler
 
 
 def test_pipeline_defaults_from_the_config_and_overrides(tiny_pipe):

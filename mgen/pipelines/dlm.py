@@ -225,8 +225,11 @@ class DLMPipeline(DiffusionPipeline):
     _optional_components: ClassVar[list[str]] = ["joint_sampler", "scheduler"]
     _callback_tensor_inputs: ClassVar[list[str]] = ["x"]
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, joint_sampler: torch.nn.Module | None = None,
+    def __init__(self, model: MaskedDiffusionLM | torch.nn.Module, tokenizer: Any,
+                 joint_sampler: JointSamplerLayer | torch.nn.Module | None = None,
                  scheduler: SamplerSettings | None = None) -> None:
+        # (the exact classes in the annotations: diffusers' from_pipe hands over a ModelMixin component only when
+        # its type is named there)
         super().__init__()
         if scheduler is None:
             k = getattr(joint_sampler, "config", {}).get("tokens_per_step") if joint_sampler is not None else None
