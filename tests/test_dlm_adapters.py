@@ -146,3 +146,19 @@ def test_dream_custom_code_with_opt_in_is_shifted(dream_folder, monkeypatch, tmp
     expect = raw[0, 2].clone()
     expect[4] = float("-inf")
     assert int(out[0, 3]) == int(expect.argmax())
+
+
+def test_pipeline_over_a_transformers_folder(bert_folder, tmp_path):
+    """DLMPipeline.from_pretrained(folder): the adapter + the folder's tokenizer; torch_dtype honoured; same seed →
+    same ids; save_pretrained refused in one line (the transformers folder is the saved form)."""
+    from mgen.pipelines.dlm import DLMPipeline
+
+    pipe = DLMPipeline.from_pretrained(bert_folder, torch_dtype=torch.bfloat16, gen_length=8, steps=4)
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe.model, HFDiffusionLM) and pipe.dtype == torch.bfloat16
+    a = pipe("the for statement", generator=torch.Generator().manual_seed(0))
+    b = pipe("the for statement", generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a.sequences, b.sequences) and a.sequences.shape == (1, 11)
+    assert "[MASK]" not in a.texts[0]
+    with pytest.raises(UserError, match="transformers checkpoint"):
+        pipe.save_pretrained(tmp_path / "saved")

@@ -81,6 +81,15 @@ class HFDiffusionLM(nn.Module):
         self.shift_logits = shift_logits
         self.kind = kind
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The wrapped model's parameter dtype (``pipe.dtype`` reads it, as of a ModelMixin)."""
+        return next(self.model.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         kwargs: dict[str, Any] = {}
         if self.kind == "dream":

@@ -42,6 +42,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
 from mgen import hub, registry
@@ -347,6 +348,14 @@ class DLMPipeline(DiffusionPipeline):
         """Alias of :meth:`from_pretrained` (the older name)."""
         return cls.from_pretrained(model, weights=weights, joint_sampler=joint_sampler,
                                    trust_remote_code=trust_remote_code, device=device, **kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """diffusers' ``save_pretrained`` (every component in its sub-folder); refused, in one line, for a model
+        diffusers cannot save (an adapter of a transformers checkpoint: load its folder again instead)."""
+        if not isinstance(self.model, ModelMixin):
+            raise UserError(f"this pipeline's model ({type(self.model).__name__}) is a transformers checkpoint "
+                            "behind an adapter; it is not saved as a pipeline folder; load its folder again")
+        super().save_pretrained(save_directory, *args, **kwargs)
 
     # -- the sampler --------------------------------------------------------------------------------------------
     @property
