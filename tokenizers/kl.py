@@ -443,16 +443,11 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
-def build_kl_training(entry: Any, out_dir: str | None = None, max_steps: int | None = None,
-                      batch_size: int | None = None, seed: int | None = None) -> Any:
-    """The trainer of a KL tokenizer config (``mgen train --config configs/kl-*.yaml``) on the offline digits.
-
-    ``mgen.train`` sits above the tokenizers in the layers, so it is imported here, when a training run is built."""
-    from mgen.train.trainer import TrainConfig, Trainer
-
+def build_kl_training(entry: Any, factory: Any) -> tuple[Any, Any, Any]:
+    """(task, data, config) of a KL tokenizer config for the one trainer (:mod:`mgen.train.builder`), on the
+    offline digits."""
     own, rest = _train_settings(entry)
-    cfg = TrainConfig.from_mapping(rest, out_dir=out_dir or f"runs/{entry.name}", max_steps=max_steps,
-                                   batch_size=batch_size, seed=seed)
+    cfg = factory.config(rest)
     torch.manual_seed(cfg.seed)
     model = KLTokenizer.from_arch(entry.arch)
     size = int(own.get("image_size", 16))
@@ -465,14 +460,6 @@ def build_kl_training(entry: Any, out_dir: str | None = None, max_steps: int | N
     task = KLTrainTask(model, kl_weight=float(own.get("kl_weight", 1e-6)), recon=own.get("recon", "l1"),
                        perceptual=perceptual, perceptual_weight=float(own.get("perceptual_weight", 0.0)),
                        preview=x_test[:16], disc_weight=disc_weight, disc_start=disc_start)
-    return Trainer(task, (x_train,), cfg)
+    return task, (x_train,), cfg
 
 
-def _register() -> None:
-    """Until ``mgen.train.tasks`` reads the families table (``train=`` names :func:`build_kl_training`)."""
-    from mgen.train.tasks import register
-
-    register("kl")(build_kl_training)
-
-
-_register()

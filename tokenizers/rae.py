@@ -782,16 +782,13 @@ class MAEPretrainTask:
         return model(pixel_values=x, noise=noise).loss
 
 
-def build_rae_training(entry: Any, out_dir: str | None = None, max_steps: int | None = None,
-                       batch_size: int | None = None, seed: int | None = None) -> Any:
-    """The trainer of an RAE config on the offline digits: stage 1 pretrains a ViT-MAE encoder (resumable, under
-    OUT/encoder) unless ``train.encoder`` names a folder; stage 2 trains the decoder. ``mgen.train`` is imported
-    here: it sits above the tokenizers in the layers."""
-    from mgen.train.trainer import TrainConfig, Trainer
-
+def build_rae_training(entry: Any, factory: Any) -> tuple[Any, Any, Any]:
+    """(task, data, config) of an RAE config for the one trainer (:mod:`mgen.train.builder`), on the offline digits:
+    stage 1 pretrains a ViT-MAE encoder (``factory.pretrain``, resumable, under OUT/encoder) unless ``train.encoder``
+    names a folder; stage 2, the returned job, trains the decoder."""
     own, rest = _train_settings(entry)
-    out = Path(out_dir or f"runs/{entry.name}")
-    cfg = TrainConfig.from_mapping(rest, out_dir=str(out), max_steps=max_steps, batch_size=batch_size, seed=seed)
+    cfg = factory.config(rest)
+    out = Path(cfg.out_dir)
     arch = dict(entry.arch)
     size = int(own.get("image_size", 16))
     x_train, _ = digits_images("train", size=size)
@@ -800,7 +797,7 @@ def build_rae_training(entry: Any, out_dir: str | None = None, max_steps: int | 
     if own.get("encoder"):
         encoder = load_encoder(own["encoder"])
     else:  # stage 1: pretrain a ViT-MAE on the training split (resumable, under OUT/encoder)
-        encoder = _pretrain_mae(arch, own, cfg, x_train, out / "encoder", mean, std)
+        encoder = _pretrain_mae(factory, arch, own, cfg, x_train, out / "encoder", mean, std)
     torch.manual_seed(cfg.seed)
     model = RAETokenizer.with_encoder(encoder, dict(arch.get("decoder", {})),
                                       encoder_input_size=arch.get("encoder_input_size"), image_mean=list(mean),
@@ -812,14 +809,7 @@ def build_rae_training(entry: Any, out_dir: str | None = None, max_steps: int | 
     disc_weight, disc_start = attach_discriminator(model, own)
     task = RAETrainTask(model, perceptual, float(own.get("perceptual_weight", 0.0)), preview=x_test[:16],
                         disc_weight=disc_weight, disc_start=disc_start)
-    return Trainer(task, (x_train,), cfg)
-
-
-def _register() -> None:
-    """Until ``mgen.train.tasks`` reads the families table (``train=`` names :func:`build_rae_training`)."""
-    from mgen.train.tasks import register
-
-    register("rae")(build_rae_training)
+    return task, (x_train,), cfg
 
 
 @torch.no_grad()
@@ -837,24 +827,18 @@ def _init_mae_positions(mae: nn.Module) -> None:
     dec.copy_(sincos_2d(dec.shape[-1], grid, extra_tokens=1)[None].to(dec.dtype))
 
 
-def _pretrain_mae(arch: dict[str, Any], own: dict[str, Any], cfg: Any, x_train: torch.Tensor, out: Path,
+def _pretrain_mae(factory: Any, arch: dict[str, Any], own: dict[str, Any], cfg: Any, x_train: torch.Tensor, out: Path,
                   mean: Sequence[float], std: Sequence[float]) -> nn.Module:
-    from mgen.train.trainer import TrainConfig, Trainer
-
     enc = dict(arch.get("encoder", {}))
     enc.setdefault("mask_ratio", float(own.get("mae_mask_ratio", 0.75)))
     torch.manual_seed(cfg.seed)
     mae = ViTMAEForPreTraining(ViTMAEConfig(**enc))
     _init_mae_positions(mae)
-    mae_cfg = TrainConfig(out_dir=str(out), max_steps=int(own.get("mae_steps", 2000)), batch_size=cfg.batch_size,
-                          lr=float(own.get("mae_lr", 1e-3)), betas=(0.9, 0.95), weight_decay=0.05, warmup_steps=100,
-                          lr_schedule="cosine", min_lr=1e-5, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
-                          seed=cfg.seed, progress=cfg.progress, mixed_precision=cfg.mixed_precision)
-    trainer = Trainer(MAEPretrainTask(mae, mean, std), (x_train,), mae_cfg)
-    trainer.train(resume=True)
-    encoder = trainer.unwrapped.vit
+    mae_cfg = factory.config(dict(max_steps=int(own.get("mae_steps", 2000)), batch_size=cfg.batch_size,
+                                  lr=float(own.get("mae_lr", 1e-3)), betas=(0.9, 0.95), weight_decay=0.05, warmup_steps=100,
+                                  lr_schedule="cosine", min_lr=1e-5, checkpoint_every=cfg.checkpoint_every,
+                                  log_every=cfg.log_every, seed=cfg.seed, progress=cfg.progress,
+                                  mixed_precision=cfg.mixed_precision), out_dir=str(out), command_line=False)
+    encoder = factory.pretrain(MAEPretrainTask(mae, mean, std), (x_train,), mae_cfg).vit
     encoder.config.mask_ratio = 0.0
     return encoder
-
-
-_register()

@@ -491,15 +491,11 @@ class VQTrainTask:
         return torch.stack([x, rec], dim=1).reshape(-1, *x.shape[1:]).float().cpu()
 
 
-def build_vq_training(entry: Any, out_dir: str | None = None, max_steps: int | None = None,
-                      batch_size: int | None = None, seed: int | None = None) -> Any:
-    """The trainer of a VQ tokenizer config on the offline digits (``mgen.train`` is imported here: it sits
-    above the tokenizers in the layers)."""
-    from mgen.train.trainer import TrainConfig, Trainer
-
+def build_vq_training(entry: Any, factory: Any) -> tuple[Any, Any, Any]:
+    """(task, data, config) of a VQ tokenizer config for the one trainer (:mod:`mgen.train.builder`), on the
+    offline digits."""
     own, rest = _train_settings(entry)
-    cfg = TrainConfig.from_mapping(rest, out_dir=out_dir or f"runs/{entry.name}", max_steps=max_steps,
-                                   batch_size=batch_size, seed=seed)
+    cfg = factory.config(rest)
     torch.manual_seed(cfg.seed)
     model = VQTokenizer.from_arch(entry.arch)
     size = int(own.get("image_size", 16))
@@ -512,14 +508,6 @@ def build_vq_training(entry: Any, out_dir: str | None = None, max_steps: int | N
     task = VQTrainTask(model, recon=own.get("recon", "l1"), perceptual=perceptual,
                        perceptual_weight=float(own.get("perceptual_weight", 0.0)), preview=x_test[:16],
                        disc_weight=disc_weight, disc_start=disc_start)
-    return Trainer(task, (x_train,), cfg)
+    return task, (x_train,), cfg
 
 
-def _register() -> None:
-    """Until ``mgen.train.tasks`` reads the families table (``train=`` names :func:`build_vq_training`)."""
-    from mgen.train.tasks import register
-
-    register("vq")(build_vq_training)
-
-
-_register()

@@ -482,17 +482,11 @@ class ENATTask:
         return images
 
 
-try:
-    from mgen.train.tasks import register
-except ImportError:  # pragma: no cover
-    register = None  # type: ignore[assignment]
-
-
-def _build(entry: Any, out_dir: str | None = None, max_steps: int | None = None, batch_size: int | None = None,
-           seed: int | None = None) -> Any:
+def build_enat_training(entry: Any, factory: Any) -> tuple[Any, Any, Any]:
+    """(task, data, config) of an ``enat`` config for the one trainer (:mod:`mgen.train.builder`): the digits
+    configs train on the codes of their VQ tokenizer."""
     from mgen.models.maskgit import encode_digits
     from mgen.samplers.enat import ENATSampler
-    from mgen.train.trainer import TrainConfig, Trainer
 
     if not entry.tokenizer:
         raise UserError(f"{entry.name}: the config names no tokenizer to encode training images with")
@@ -500,16 +494,8 @@ def _build(entry: Any, out_dir: str | None = None, max_steps: int | None = None,
     codes, labels, tok = encode_digits(entry.tokenizer, size=cfg.img_size)
     if tuple(codes.shape[1:]) != (cfg.grid_size, cfg.grid_size):
         raise UserError(f"{entry.name}: tokenizer {entry.tokenizer} gives {tuple(codes.shape[1:])} codes, arch says grid_size {cfg.grid_size}")
-    torch.manual_seed(seed if seed is not None else int(entry.train.get("seed", 0)))
+    tc = factory.config(entry.train)
+    torch.manual_seed(tc.seed)
     model = ENAT.from_arch(cfg)
     task = ENATTask(model, tok, ENATSampler.from_mapping(entry.sampler))
-    tc = TrainConfig.from_mapping(entry.train, out_dir=out_dir or f"runs/{entry.name}", max_steps=max_steps,
-                                  batch_size=batch_size, seed=seed)
-    return Trainer(task, (codes, labels), tc)
-
-
-#: the name ``mgen.families`` gives this family's training builder
-build_enat_training = _build
-
-if register is not None:
-    register("enat")(_build)
+    return task, (codes, labels), tc

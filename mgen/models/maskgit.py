@@ -548,17 +548,10 @@ def _tokenizer_image_size(tok: Any) -> int:
     return 16
 
 
-try:
-    from mgen.train.tasks import register
-except ImportError:  # pragma: no cover
-    register = None  # type: ignore[assignment]
-
-
-def _build(entry: Any, out_dir: str | None = None, max_steps: int | None = None, batch_size: int | None = None,
-           seed: int | None = None) -> Any:
-    """Trainer for a ``maskgit`` config: the digits configs train on ``vq-digits`` codes."""
+def build_maskgit_training(entry: Any, factory: Any) -> tuple[Any, Any, Any]:
+    """(task, data, config) of a ``maskgit`` config for the one trainer (:mod:`mgen.train.builder`): the digits
+    configs train on the codes of their VQ tokenizer (``vq-digits``)."""
     from mgen.samplers.maskgit import MaskGITSampler
-    from mgen.train.trainer import TrainConfig, Trainer
 
     if not entry.tokenizer:
         raise UserError(f"{entry.name}: the config names no tokenizer to encode training images with")
@@ -566,17 +559,8 @@ def _build(entry: Any, out_dir: str | None = None, max_steps: int | None = None,
     codes, labels, tok = encode_digits(entry.tokenizer, size=cfg.img_size)
     if tuple(codes.shape[1:]) != (cfg.grid_size, cfg.grid_size):
         raise UserError(f"{entry.name}: tokenizer {entry.tokenizer} gives {tuple(codes.shape[1:])} codes, arch says grid_size {cfg.grid_size}")
-    torch.manual_seed(seed if seed is not None else int(entry.train.get("seed", 0)))
+    tc = factory.config(entry.train)
+    torch.manual_seed(tc.seed)
     model = MaskGITTransformer.from_arch(cfg)
-    sampler = MaskGITSampler.from_mapping(entry.sampler)
-    task = MaskGITTask(model, tok, sampler)
-    tc = TrainConfig.from_mapping(entry.train, out_dir=out_dir or f"runs/{entry.name}", max_steps=max_steps,
-                                  batch_size=batch_size, seed=seed)
-    return Trainer(task, (codes, labels), tc)
-
-
-#: the name ``mgen.families`` gives this family's training builder
-build_maskgit_training = _build
-
-if register is not None:
-    register("maskgit")(_build)
+    task = MaskGITTask(model, tok, MaskGITSampler.from_mapping(entry.sampler))
+    return task, (codes, labels), tc
