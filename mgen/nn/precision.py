@@ -1,5 +1,5 @@
 """Reduced precision with float32 islands: the parts of a model that must stay float32 when the rest of it
-is cast to bfloat16 / float16 (issue 15; docs/ARCHITECTURE.md, "Precision").
+is cast to bfloat16 / float16 (issue 15; docs/ARCHITECTURE.md, "The three protocols").
 
 diffusers' ``_keep_in_fp32_modules`` is honoured only while loading with ``torch_dtype=torch.float16``; a plain
 ``model.to(torch.bfloat16)`` casts everything (and logs a warning). :class:`KeepFP32Mixin` instead hooks
