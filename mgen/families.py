@@ -50,6 +50,8 @@ class Family:
     detect: str | None = None
     #: other class names (e.g. diffusers' or transformers') whose saved folders this family's model reads
     reads_classes: tuple[str, ...] = ()
+    #: other names a weights file's metadata (``mgen_family``) may give this family (older mgen files)
+    aliases: tuple[str, ...] = ()
 
     @property
     def is_tokenizer(self) -> bool:
@@ -121,7 +123,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("joint-dlm", SAMPLER_LAYER, "mgen.models.joint_sampler:JointSamplerLayer",
            "ADJUST approximate-joint sampler layer on a frozen masked diffusion LM (Bansal & Sanghavi 2025)",
            sampler="mgen.samplers.joint:JointSampler", pipeline="mgen.pipelines.dlm:DLMPipeline",
-           train="mgen.models.joint_sampler:build_joint_training", tokenizers=("text",)),
+           train="mgen.models.joint_sampler:build_joint_training", tokenizers=("text",), aliases=("joint-sampler",)),
     # -- tokenizers --------------------------------------------------------------------------------------------
     Family("kl", TOKENIZER, "mgen.tokenizers.kl:KLTokenizer", "KL-regularised VAE (LDM / SD-VAE / MAR's KL-16)",
            train="mgen.tokenizers.kl:build_kl_training", detect="mgen.tokenizers.kl:looks_like",
@@ -174,6 +176,14 @@ def family_of_class(class_name: str | None) -> Family | None:
         return None
     for f in FAMILIES.values():
         if class_name in (f.model_class_name, f.pipeline_class_name) or class_name in f.reads_classes:
+            return f
+    return None
+
+
+def family_of_tag(tag: str | None) -> Family | None:
+    """The family a weights file's metadata names (its name or one of its aliases)."""
+    for f in FAMILIES.values():
+        if tag == f.name or tag in f.aliases:
             return f
     return None
 

@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 from mgen import hub, registry
 from mgen.errors import UserError, WeightsError
-from mgen.families import FAMILIES, Family, family_of_class, get_family, import_target
+from mgen.families import FAMILIES, Family, family_of_class, family_of_tag, get_family, import_target
 
 #: layouts a :class:`Spec` can describe
 NAME, YAML, PIPELINE_FOLDER, DIFFUSERS_DIT_FOLDER, COMPONENT_FOLDER, TRANSFORMERS_FOLDER, FILE = (
@@ -113,8 +113,9 @@ def _file_metadata(p: Path) -> dict[str, str]:
 
 def _family_from_metadata(meta: dict[str, str]) -> Family | None:
     for key in ("mgen_family", "family"):
-        if meta.get(key) in FAMILIES:
-            return FAMILIES[meta[key]]
+        fam = family_of_tag(meta.get(key))
+        if fam is not None:
+            return fam
     if "config" in meta:
         try:
             return family_of_class(json.loads(meta["config"]).get("_class_name"))
