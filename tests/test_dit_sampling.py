@@ -238,10 +238,11 @@ def test_bench_sample_times_each_attention_backend(tmp_path, capsys):
 
     assert main(["bench", "sample", "--model", "dit-digits", "--steps", "2", "--batch-size", "2", "--repeats", "1",
                  "--threads", "1", "--out", str(tmp_path)]) == 0
-    rec = json.loads((tmp_path / "sample.json").read_text())
+    rec = json.loads((tmp_path / "sample.json").read_text())  # mgen.bench.report: {"meta": ..., "rows": [...]}
+    rows = {r["attn_backend"]: r for r in rec["rows"]}
     for b in ("sdpa", "math"):
-        assert rec[f"{b}_images_per_s"] > 0 and rec[f"{b}_seconds_per_step"] > 0
-    assert rec["pipeline"] == "DiTPipeline" and rec["decoded"] is True
+        assert rows[b]["images_per_s"] > 0 and rows[b]["seconds_per_step"] > 0
+    assert rec["meta"]["pipeline"] == "DiTPipeline" and rec["meta"]["decoded"] is True
     assert main(["bench", "sample", "--model", "dit-digits", "--attn-backends", "flash9", "--out", str(tmp_path)]) == 2
     assert "flash9" in capsys.readouterr().err
 
