@@ -7,7 +7,8 @@ import json
 
 from eval_common import inception_weights, small_inception  # noqa: F401
 from mgen.bench import fid as bench_fid
-from mgen.bench.report import write_report
+
+TITLE_LINE = f"# {bench_fid.TITLE}"
 
 
 def test_bench_fid_result_and_report(tmp_path, inception_weights, small_inception):
@@ -19,6 +20,7 @@ def test_bench_fid_result_and_report(tmp_path, inception_weights, small_inceptio
     assert [row["side"] for row in r["rows"]] == ["mgen", "torch-fidelity"]
     assert r["meta"]["images"] == 4 and r["meta"]["max_rel_feature_diff"] < 1e-4 and r["meta"]["machine"]["torch"]
     assert all(row["images_per_s"] > 0 for row in r["rows"])
-    jpath, mpath = write_report(r, args.out, bench_fid.NAME, title=bench_fid.TITLE)
+    jpath, mpath = (tmp_path / "out" / "fid.json", tmp_path / "out" / "fid.md")  # written through write_report
+    assert r["written"] == [str(jpath), str(mpath)]
     assert json.loads(jpath.read_text())["rows"][0]["side"] == "mgen"
-    assert "| side |" in mpath.read_text()
+    assert "| side |" in mpath.read_text() and TITLE_LINE in mpath.read_text()

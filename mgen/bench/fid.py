@@ -11,8 +11,9 @@ mgen decodes in a thread pool with prefetch and runs the model in ``channels_las
 times, alternating sides; the median is reported. Speed does not depend on the weight values, so
 without ``--inception-weights`` a seeded random-init file is used (the result says so).
 
-:func:`run` returns a :func:`mgen.bench.report.write_report` result: ``meta`` (what was measured, where, the
-ratio and the feature agreement) and one row per side.
+:func:`run` writes ``fid.json`` + ``fid.md`` to ``--out`` through :func:`mgen.bench.report.write_report` and returns
+that result: ``meta`` (what was measured, where, the ratio and the feature agreement, the options) and one row per
+side, plus ``written`` (the two paths).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mgen.bench.report import machine
+from mgen.bench.report import machine, write_report
 from mgen.errors import UserError
 
 NAME = "fid"
@@ -147,4 +148,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = [{"side": "mgen", "images_per_s": r["mgen_images_per_s"], "median_s": r["median_s_mgen"]},
             {"side": "torch-fidelity", "images_per_s": r["torch_fidelity_images_per_s"],
              "median_s": r["median_s_torch_fidelity"]}]
-    return {"meta": meta, "rows": rows}
+    meta["args"] = {k: v for k, v in sorted(vars(args).items()) if isinstance(v, (str, int, float, bool, type(None)))}
+    result: dict[str, Any] = {"meta": meta, "rows": rows}
+    paths = write_report(result, args.out, NAME, title=TITLE)
+    result["written"] = [str(p) for p in paths]
+    return result
