@@ -3,8 +3,10 @@
 ``from mgen.eval import evaluate``: see :func:`mgen.eval.evaluation.evaluate`. One metric per module:
 :mod:`~mgen.eval.fid`, :mod:`~mgen.eval.isc`, :mod:`~mgen.eval.kid`, :mod:`~mgen.eval.prdc`; features
 in :mod:`~mgen.eval.inception`; inputs in :mod:`~mgen.eval.inputs`; sampling straight from a model with
-resumable feature shards in :mod:`~mgen.eval.streaming`; the offline digits classifier metrics in
-:mod:`~mgen.eval.digits`.
+resumable, batch-invariant feature shards in :mod:`~mgen.eval.streaming`; the offline digits classifier
+metrics in :mod:`~mgen.eval.digits`; every file written through :mod:`~mgen.eval.outputs` (atomic, one line on
+a fault). IS, KID and precision/recall are torch-fidelity's own functions; FID is kept hand-written
+(:mod:`~mgen.eval.fid` says why). ``mgen bench fid`` lives in :mod:`mgen.bench.fid`.
 """
 
 from __future__ import annotations

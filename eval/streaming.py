@@ -203,7 +203,9 @@ def stream_features(sample_fn: SampleFn, extract_fn: ExtractFn, num_samples: int
                 shard_size = auto_shard_size((t1 - t0) / n0 + (t2 - t1) / min(block, n0), block, shard_seconds)
             write_json(work / META_NAME, {**run_meta, "shard_size": shard_size}, sort_keys=True)
         elif shard_size is None:
-            shard_size = int(old["shard_size"])
+            if not isinstance(old.get("shard_size"), int):
+                raise UserError(f"{work / META_NAME} has no shard size: use another --work-dir or delete it")
+            shard_size = old["shard_size"]
     barrier()
     if shard_size is None:  # the other processes take process 0's choice
         written = _read_meta(work)
