@@ -205,6 +205,12 @@ def layer_cost_ratio(base: MaskedDiffusionLM, layer: JointSamplerLayer, length: 
     return f_layer / f_full
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces a run (``python -m mgen.bench.joint_exact`` with every option spelled out)."""
+    opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(args).items()) if k != "out")
+    return f"python -m mgen.bench.joint_exact {opts} --out {args.out or ''}".strip()
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--length", type=int, default=8)
     p.add_argument("--noise", type=float, default=0.1)
@@ -259,7 +265,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                f"length {L}: {V_REAL ** L} strings)", "layer_cost_ratio_r": r,
                        "layer_trained_for_k": args.layer_k, "base_steps": args.base_steps,
                        "layer_steps": args.layer_steps, "trajectories": args.trajectories, "noise": args.noise,
-                       "seed": args.seed, "exact_tv_to_empirical_data": 0.5 * float((exact.probs - p_data).abs().sum()),
+                       "seed": args.seed, "command": command_line(args), "exact_tv_to_empirical_data": 0.5 * float((exact.probs - p_data).abs().sum()),
                        "train_seconds": {"base": round(t_base, 1), "layer": round(t_layer, 1)},
                        "seconds": round(time.time() - t0, 1), "machine": machine()},
               "rows": rows}
@@ -296,3 +302,9 @@ def _plot(rows: list[dict[str, Any]], out: str) -> None:
     with atomic_write(target) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+if __name__ == "__main__":
+    _p = argparse.ArgumentParser(prog="python -m mgen.bench.joint_exact", description=__doc__.splitlines()[0])
+    add_arguments(_p)
+    run(_p.parse_args())
