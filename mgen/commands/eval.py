@@ -4,8 +4,9 @@
     mgen eval --real DIR --inception-weights W --save-stats REF.npz
     mgen eval --model NAME --num-samples 50000 --steps 64 --cfg 2.9 --real REF.npz --inception-weights W
     mgen eval --model mar-digits                      # digits-FID and class accuracy, fully offline
-    accelerate launch --num_processes N -m mgen eval --model NAME ...   # samples split over N processes
-    torchrun --nproc-per-node N -m mgen eval --model NAME ...          # the same (CPU: gloo, GPUs: NCCL)
+    accelerate launch --multi_gpu --num_processes N -m mgen eval --model NAME ...   # samples split over N processes
+    torchrun --nproc-per-node N -m mgen eval --model NAME ...   # the same; CPU-only machines: gloo, GPUs: NCCL
+    (on a CPU-only machine --multi_gpu still starts N CPU processes; accelerate's --cpu starts only one)
 
 With ``--model``, samples go straight from the pipeline into the feature extractors (no PNGs). Sample i is drawn
 from its own random stream, seeded (seed << 32) + i, and the feature extractors always see the same blocks of
