@@ -23,8 +23,8 @@ import torch
 def evaluate(name: str, model: torch.nn.Module, per_class: int, seed: int = 0) -> dict:
     from mgen import registry
     from mgen.eval.digits import digits_metrics
-    from mgen.models.dit import load_tokenizer
-    from mgen.pipelines.dit import decode_latents
+    from mgen.tokenizers import load_tokenizer
+    from mgen.tokenizers.latents import decode_latents
 
     entry = registry.get(name)
     tok = load_tokenizer(entry.tokenizer)

@@ -32,6 +32,7 @@ from mgen.errors import UserError, WeightsError
 from mgen.nn import AdaLNBlock, LabelEmbedder, TimestepEmbedder, modulate, sincos_2d
 from mgen.nn.precision import KeepFP32Mixin
 from mgen.tokenizers.latents import decode_latents
+from mgen.tokenizers import load_tokenizer
 
 
 @dataclass
@@ -575,26 +576,6 @@ def split_train_settings(train: Mapping[str, Any]) -> tuple[dict[str, Any], dict
     return own, {k: v for k, v in train.items() if k not in TASK_KEYS}
 
 
-def load_tokenizer(name_or_path: str | os.PathLike, family: str | None = None) -> nn.Module:
-    """The tokenizer a generator config names: KL (``sd-vae-ft-ema``, ``kl-digits``) or RAE (``rae-digits``).
-
-    For a path, ``family`` (kl or rae; default kl) says which loader reads it."""
-    from mgen import registry
-
-    if not Path(name_or_path).expanduser().exists():
-        family = registry.get(str(name_or_path)).family
-    family = family or "kl"
-    if family == "rae":
-        from mgen.tokenizers.rae import RAETokenizer
-
-        return RAETokenizer.from_pretrained(name_or_path).eval()
-    if family != "kl":
-        raise UserError(f"{name_or_path} is a {family!r} tokenizer; diffusion transformers need continuous latents (kl or rae)")
-    from mgen.tokenizers.kl import KLTokenizer
-
-    return KLTokenizer.from_pretrained(name_or_path).eval()
-
-
 @torch.no_grad()
 def encode_digits(tokenizer: nn.Module, image_size: int = 16, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """The offline digits (sklearn) as scaled latents ``encode(x) * scaling_factor`` and labels."""
@@ -639,24 +620,13 @@ class DiTTrainTask:
         return decode_latents(self.tokenizer, lat).cpu() if self.tokenizer is not None else lat[:, :3].cpu()
 
 
-def build_dit_training(entry, out_dir=None, max_steps=None, batch_size=None, seed=None):
-    """The trainer of a DiT registry entry (``mgen train --config configs/dit-*.yaml``; mgen.families' ``train``)."""
-    from mgen.train.trainer import TrainConfig, Trainer
-
+def build_dit_training(entry: Any, factory: Any) -> tuple[Any, Any, Any]:
+    """(task, data, config) of a DiT registry entry for the one trainer (:mod:`mgen.train.builder`;
+    ``mgen train --config configs/dit-*.yaml``)."""
     own, rest = split_train_settings(entry.train)
-    cfg = TrainConfig.from_mapping(rest, out_dir=out_dir or f"runs/{entry.name}", max_steps=max_steps,
-                                   batch_size=batch_size, seed=seed)
+    cfg = factory.config(rest)
     torch.manual_seed(cfg.seed)
     model = DiT.from_arch(entry.arch, where=entry.path)
     data, tok = training_data(entry, own)
     task = DiTTrainTask(model, entry.sampler, tok, int(own.get("preview_steps", 50)))
-    return Trainer(task, data, cfg)
-
-
-def _register() -> None:
-    from mgen.train.tasks import register
-
-    register("dit")(build_dit_training)
-
-
-_register()
+    return task, data, cfg

@@ -499,24 +499,14 @@ class FlowTrainTask:
         return decode_latents(self.tokenizer, lat).cpu() if self.tokenizer is not None else lat[:, :3].cpu()
 
 
-def build_flow_training(entry, out_dir=None, max_steps=None, batch_size=None, seed=None):
-    """The trainer of a LightningDiT / DiT^DH registry entry (``mgen train --config configs/rae-dit-*.yaml``)."""
+def build_flow_training(entry: Any, factory: Any) -> tuple[Any, Any, Any]:
+    """(task, data, config) of a LightningDiT / DiT^DH registry entry for the one trainer (:mod:`mgen.train.builder`;
+    ``mgen train --config configs/rae-dit-*.yaml``)."""
     from mgen.models.dit import split_train_settings, training_data
-    from mgen.train.trainer import TrainConfig, Trainer
 
     own, rest = split_train_settings(entry.train)
-    cfg = TrainConfig.from_mapping(rest, out_dir=out_dir or f"runs/{entry.name}", max_steps=max_steps,
-                                   batch_size=batch_size, seed=seed)
+    cfg = factory.config(rest)
     torch.manual_seed(cfg.seed)
     model = LightningDiT.from_arch(entry.arch, where=entry.path)
     data, tok = training_data(entry, own)
-    return Trainer(FlowTrainTask(model, own, entry.sampler, tok), data, cfg)
-
-
-def _register() -> None:
-    from mgen.train.tasks import register
-
-    register("rae-dit")(build_flow_training)
-
-
-_register()
+    return FlowTrainTask(model, own, entry.sampler, tok), data, cfg
