@@ -30,7 +30,6 @@ from torch import nn
 
 from mgen import hub, registry
 from mgen.errors import UserError, WeightsError
-from mgen.families import import_target
 from mgen.nn import Attention
 
 
@@ -443,24 +442,17 @@ def build_text_data(entry, seq_len: int) -> tuple[torch.Tensor, torch.Tensor, An
 
 
 #: the trainer builder of a joint sampler layer entry, while its config still says ``family: dlm``
-JOINT_TRAINING = "mgen.models.joint_sampler:build_joint_training"
 
 
-def build_dlm_training(entry, out_dir: str | None = None, max_steps: int | None = None,
-                       batch_size: int | None = None, seed: int | None = None) -> Any:
-    """The shared trainer on the masked diffusion objective for a registry entry (``mgen train --config``)."""
-    from mgen.train.trainer import TrainConfig, Trainer  # the train layer sits above models
-
-    if "base" in entry.arch:  # a joint sampler layer (ADJUST) on top of a frozen dlm
-        return import_target(JOINT_TRAINING)(entry, out_dir=out_dir, max_steps=max_steps, batch_size=batch_size,
-                                              seed=seed)
+def build_dlm_training(entry: Any, factory: Any) -> tuple[Any, Any, Any]:
+    """(task, data, config) of a masked diffusion LM config for the one trainer (:mod:`mgen.train.builder`):
+    the masked diffusion objective on the config's text windows."""
     cfg = DLMConfig.from_mapping(entry.arch)
     train, _, tok = build_text_data(entry, cfg.seq_len)
     if tok.vocab_size != cfg.vocab_size or tok.mask_id != cfg.mask_id:
         raise UserError(f"{entry.name}: tokenizer has {tok.vocab_size} entries / mask id {tok.mask_id}, "
                         f"arch says {cfg.vocab_size} / {cfg.mask_id}")
-    torch.manual_seed(0 if seed is None else seed)
+    tc = factory.config(entry.train)
+    torch.manual_seed(tc.seed)
     model = MaskedDiffusionLM.from_arch(cfg)
-    tc = TrainConfig.from_mapping(entry.train, out_dir=out_dir or f"runs/{entry.name}", max_steps=max_steps,
-                                  batch_size=batch_size, seed=seed)
-    return Trainer(DLMTask(model), [train], tc)
+    return DLMTask(model), [train], tc

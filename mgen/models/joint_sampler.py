@@ -33,6 +33,7 @@ from torch import nn
 
 from mgen import hub, registry
 from mgen.errors import UserError, WeightsError
+from mgen.fileio import atomic_write
 from mgen.models.dlm import (DLMBlock, DLMConfig, MaskedDiffusionLM, _as_device, _is_diffusers_folder, _module_to,
                              build_text_data, key_mask, load_dlm_file, read_metadata)
 from mgen.samplers.dlm import ExactSampler, prepare_prompts
@@ -260,9 +261,9 @@ def load_base(name_or_path: str) -> tuple[MaskedDiffusionLM, Any]:
     return load_dlm_file(str(res.path), res.entry.arch if res.entry is not None else None), res.entry
 
 
-def build_joint_training(entry, out_dir=None, max_steps=None, batch_size=None, seed=None):
-    """Trainer for ``configs/joint-<base>.yaml``: trajectories of the base (cached in out_dir), then the layer."""
-    from mgen.train.trainer import TrainConfig, Trainer  # the train layer sits above models
+def build_joint_training(entry: Any, factory: Any) -> tuple[Any, Any, Any]:
+    """(task, data, config) of ``configs/joint-<base>.yaml`` for the one trainer (:mod:`mgen.train.builder`):
+    trajectories of the base (cached in the run folder), then the layer."""
 
     unknown = set(entry.arch) - JOINT_ARCH_KEYS
     if unknown:
@@ -271,8 +272,7 @@ def build_joint_training(entry, out_dir=None, max_steps=None, batch_size=None, s
     base, base_entry = load_base(a["base"])
     if base_entry is None:
         raise UserError("the joint sampler's base must be a registered dlm model (its data comes from its config)")
-    tc = TrainConfig.from_mapping(entry.train, out_dir=out_dir or f"runs/{entry.name}", max_steps=max_steps,
-                                  batch_size=batch_size, seed=seed)
+    tc = factory.config(entry.train)
     cache = Path(tc.out_dir) / "trajectories.pt"
     fp = base.fingerprint()
     data = torch.load(cache, weights_only=True) if cache.exists() else None
@@ -282,10 +282,10 @@ def build_joint_training(entry, out_dir=None, max_steps=None, batch_size=None, s
         idx = torch.randperm(train.shape[0], generator=g)[: a["num_trajectories"]]
         windows = train[idx, : a["prompt_len"] + a["gen_len"]]
         final, order = make_trajectories(base, windows, a["prompt_len"], a["gen_len"], g, a["temperature"])
-        cache.parent.mkdir(parents=True, exist_ok=True)
         data = {"final": final, "order": order, "fingerprint": fp}
-        torch.save(data, cache)
+        with atomic_write(cache) as tmp:
+            torch.save(data, tmp)
     torch.manual_seed(tc.seed)
     layer = JointSamplerLayer(base_arch=base.cfg.to_dict(), base_fingerprint=fp, base_name=base_entry.name,
                               **{k: a[k] for k in JOINT_DEFAULTS})
-    return Trainer(JointTask(layer, base, int(a["tokens_per_step"])), [data["final"], data["order"]], tc)
+    return JointTask(layer, base, int(a["tokens_per_step"])), [data["final"], data["order"]], tc
