@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from mgen.errors import UserError, WeightsError
+from mgen.eval.outputs import write_bytes
 
 INCEPTION_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_FILENAME
@@ -121,10 +122,9 @@ def random_inception_weights(path: str | os.PathLike, seed: int = 0, calibration
     for k in out:
         if k.endswith("num_batches_tracked"):
             out[k] = torch.zeros((), dtype=torch.long)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(out, p)
-    return p
+    buf = io.BytesIO()
+    torch.save(out, buf)
+    return write_bytes(path, buf.getvalue())  # atomic: a kill never leaves a truncated weights file
 
 
 def _skeleton_state() -> dict[str, torch.Tensor]:
