@@ -133,12 +133,15 @@ def test_bench_sample_writes_json_and_table(tmp_path, capsys):
     tiny_pipe().save_pretrained(tmp_path / "pipe")
     code, stdout, err = run_cli(capsys, "bench", "sample", "--model", str(tmp_path / "pipe"), "--steps", "2",
                                 "--batch-size", "2", "--repeats", "1", "--head-steps", "2", "--device", "cpu",
-                                "--out", str(tmp_path / "bench"))
+                                "--modes", "fp32", "bf16", "--out", str(tmp_path / "bench"))
     assert code == 0, err
     rec = json.loads((tmp_path / "bench" / "sample.json").read_text())
-    for key in ("images_per_s", "seconds_per_step", "transformer_s_per_step", "head_s_per_step", "peak_memory_mb"):
-        assert rec[key] > 0, key
-    assert (tmp_path / "bench" / "sample.md").read_text().startswith("| bench |")
+    assert [r["mode"] for r in rec["rows"]] == ["fp32", "bf16"]
+    for row in rec["rows"]:
+        for key in ("images_per_s", "s_per_image", "transformer_s_per_image", "head_s_per_image"):
+            assert row[key] > 0, key
+        assert row["peak_memory_mb"] >= 0
+    assert (tmp_path / "bench" / "sample.md").read_text().startswith("# mgen bench sample")
 
 
 def test_convert_official_checkpoint_to_pipeline(tmp_path, capsys):

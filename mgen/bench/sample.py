@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result = _run_pipeline(args, family, device)
     result["meta"]["command"] = command_line()
     paths = write_report(result, args.out, "sample", title=f"mgen bench sample: {args.model}")
-    result["paths"] = [str(p) for p in paths]
+    result["written"] = [str(p) for p in paths]
     return result
 
 
