@@ -70,23 +70,30 @@ class SamplerSettings(SchedulerMixin, ConfigMixin):
         """The sampler's setting names."""
         return [n for n in _fields(self.sampler_class) if n not in ("progress",)]
 
-    def merged(self, **overrides: Any) -> dict[str, Any]:
-        """The saved settings with the non-``None`` ``overrides`` applied; unknown names are a UserError."""
+    def merged(self, explicit: Mapping[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+        """The saved settings with the non-``None`` ``overrides`` applied, then ``explicit`` as given (a ``None`` there
+        is a value, e.g. ``guidance_channels=None``); unknown names are a UserError."""
         allowed = set(self.allowed())
         values = {k: v for k, v in self.settings.items() if k in allowed}
-        bad = sorted(k for k, v in overrides.items() if v is not None and k not in allowed)
+        explicit = dict(explicit or {})
+        bad = sorted(k for k, v in {**overrides, **explicit}.items()
+                     if (v is not None or k in explicit) and k not in allowed)
         if bad:
             raise UserError(f"unknown settings {bad} for {self.sampler_class.__name__}; allowed: {sorted(allowed)}")
         for k, v in overrides.items():
             if v is not None:
                 _check_value(k, v)
                 values[k] = v
+        for k, v in explicit.items():
+            _check_value(k, v)
+            values[k] = v
         return values
 
-    def build(self, **overrides: Any) -> Any:
-        """The configured sampler (``overrides`` replace saved settings), validated by the sampler itself."""
+    def build(self, explicit: Mapping[str, Any] | None = None, **overrides: Any) -> Any:
+        """The configured sampler (non-``None`` ``overrides`` and then ``explicit`` replace saved settings), validated
+        by the sampler itself."""
         cls = self.sampler_class
-        values = self.merged(**overrides)
+        values = self.merged(explicit, **overrides)
         try:
             sampler = cls(**values)
         except TypeError as e:

@@ -197,9 +197,10 @@ class MgenPipeline(DiffusionPipeline):
         """The configured sampler object (built from the ``scheduler`` settings)."""
         return self.scheduler.build()
 
-    def make_sampler(self, **overrides: Any) -> Any:
-        """The sampler with the non-``None`` ``overrides`` applied (validated)."""
-        return self.scheduler.build(**self._sampler_overrides(overrides))
+    def make_sampler(self, explicit: dict[str, Any] | None = None, **overrides: Any) -> Any:
+        """The sampler with the non-``None`` ``overrides`` (pipeline-style names allowed) and then the ``explicit``
+        settings (taken as given, ``None`` included) applied, validated."""
+        return self.scheduler.build(explicit or None, **self._sampler_overrides(overrides))
 
     # -- running ----------------------------------------------------------------------------------------------------
     @contextlib.contextmanager

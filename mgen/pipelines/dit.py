@@ -55,7 +55,9 @@ class DiTPipeline(MgenPipeline):
         sched = folder / "scheduler" / "scheduler_config.json"
         if not sched.is_file():
             raise UserError(f"{folder}: no scheduler/scheduler_config.json")
-        sampler = DDPMSampler.from_scheduler_config(read_json(sched, "a diffusers scheduler config"))
+        # diffusers' DiTPipeline guides every latent channel (the official DiT only the first three)
+        sampler = DDPMSampler.from_scheduler_config(read_json(sched, "a diffusers scheduler config"),
+                                                    guidance_channels=None)
         return cls(transformer.eval(), vae.eval(), SamplerSettings.of(sampler))
 
     def _run(self, sampler: Any, labels: Any, generator: Any, latents: Any, callback: Any) -> torch.Tensor:
@@ -83,8 +85,8 @@ class DiTPipeline(MgenPipeline):
         if temperature is not None:
             raise UserError(f"{type(self).__name__} has no temperature setting (it samples a diffusion / flow ODE)")
         output_type = check_output_type(output_type)
-        sampler = self.make_sampler(guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
-                                    method=method, **sampler_settings)
+        sampler = self.make_sampler(sampler_settings, guidance_scale=guidance_scale,
+                                    num_inference_steps=num_inference_steps, method=method)
         with self.step_callback(sampler, callback_on_step_end, callback_on_step_end_tensor_inputs) as cb:
             lat = self._run(sampler, class_labels, generator, latents, cb).float()
         images: Any = lat if output_type == "latent" else format_images(decode_latents(self.vae, lat), output_type)
