@@ -61,14 +61,18 @@ def eb_accept(logits: torch.Tensor, entropy_bound: float, candidates: torch.Tens
     return torch.zeros_like(sel).scatter(-1, order, sel)
 
 
-def _draw(row_logits: torch.Tensor, temperature: float, generator: torch.Generator) -> tuple[int, float]:
-    """One token from a position's tempered conditional (as ExactSampler) and its log-probability there."""
+def _draw(row_logits: torch.Tensor, temperature: float, generator: torch.Generator,
+          forced: int | None = None) -> tuple[int, float]:
+    """One token from a position's tempered conditional, exactly as ExactSampler draws it (float64 softmax,
+    multinomial on the row's generator), and its log-probability there; ``forced``: score that token instead."""
     row = row_logits.double()
     if temperature == 0:
-        return int(row.argmax()), 0.0
-    logp = (row / temperature).log_softmax(-1)
-    tok = int(torch.multinomial(logp.exp().cpu(), 1, generator=generator))
-    return tok, float(logp[tok])
+        tok = int(row.argmax()) if forced is None else int(forced)
+        return tok, 0.0 if tok == int(row.argmax()) else float("-inf")
+    scaled = row / temperature
+    if forced is None:
+        forced = int(torch.multinomial(scaled.softmax(-1).cpu(), 1, generator=generator))
+    return int(forced), float(scaled.log_softmax(-1)[int(forced)])
 
 
 def _no_mask(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
@@ -88,6 +92,8 @@ class EntropyBoundSampler:
     stats: SampleStats = field(default_factory=SampleStats, init=False, repr=False)
     log_q: torch.Tensor | None = field(default=None, init=False, repr=False)
     tokens_per_forward: torch.Tensor | None = field(default=None, init=False, repr=False)
+    row_forwards: torch.Tensor | None = field(default=None, init=False, repr=False)  # (B,) full forwards a row used
+    row_passes: torch.Tensor | None = field(default=None, init=False, repr=False)  # (B,) layer passes a row used
 
     def __post_init__(self) -> None:
         if not isinstance(self.entropy_bound, (int, float)) or not self.entropy_bound > 0:
@@ -105,8 +111,12 @@ class EntropyBoundSampler:
     @torch.no_grad()
     def sample(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]] | torch.Tensor,
                generator: torch.Generator | list[torch.Generator] | None = None,
-               callback: StepCallback | None = None, layer: torch.nn.Module | None = None) -> torch.Tensor:
+               callback: StepCallback | None = None, layer: torch.nn.Module | None = None,
+               teacher_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Full sequences (B, P + gen_length): left-padded prompts, then the generated tokens.
+
+        ``teacher_tokens`` (B, gen_length): follow this sampler's rule but place these tokens instead of drawing
+        them — ``log_q`` is then the sampler's log-probability of those strings (each string has one path).
 
         ``callback(step, masked_fraction, {"x": x})`` after every full-forward step; a returned ``{"x": …}``
         replaces the sequence. ``layer``: an ADJUST sampler layer for the hybrid (mgen's own base models).
@@ -129,6 +139,7 @@ class EntropyBoundSampler:
         self.stats = SampleStats(tokens=b * self.gen_length)
         self.log_q = torch.zeros(b, dtype=torch.float64)
         forwards = torch.zeros(b, dtype=torch.long)
+        passes = torch.zeros(b, dtype=torch.long)
         filled = [0] * b
         step = 0
         while min(filled) < self.gen_length:
@@ -162,7 +173,8 @@ class EntropyBoundSampler:
                         open_rows.remove(r)
                         continue
                     i = int(pos[j])
-                    tok, lp = _draw(logits[r, i], self.temperature, gens[r])
+                    forced = None if teacher_tokens is None else int(teacher_tokens[r, i - p])
+                    tok, lp = _draw(logits[r, i], self.temperature, gens[r], forced)
                     x[r, i] = tok
                     self.log_q[r] += lp
                     taken[r].append(hj)
@@ -173,6 +185,7 @@ class EntropyBoundSampler:
                     logits, h = layer(model, h, x, attn_arg)
                     logits = _no_mask(logits, mask_id)
                     self.stats.sampler_passes += 1
+                    passes[open_rows] += 1
             if callback is not None:
                 masked = float((x[:, p:] == mask_id).double().mean())
                 upd = callback(step, masked, {"x": x})
@@ -181,6 +194,7 @@ class EntropyBoundSampler:
                     filled = [int((x[r, p:] != mask_id).sum()) for r in range(b)]
             step += 1
         self.tokens_per_forward = self.gen_length / forwards.double()
+        self.row_forwards, self.row_passes = forwards, passes
         if self.eos != "none":
             apply_eos(x, p, x.shape[1], model.eos_id, self.eos, model.eos_id if self.eos == "stop" else model.pad_id)
         return x

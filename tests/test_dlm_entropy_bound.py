@@ -163,3 +163,16 @@ def test_cli_entropy_bound(capsys):
     assert "entropy bound must be > 0" in err and len(err.strip().splitlines()) == 1
     assert cli_main(args + ["--entropy-bound", "6"]) == 0  # --entropy-bound alone selects eb
     assert capsys.readouterr().out.startswith("The list")
+
+
+def test_teacher_tokens_score_the_samplers_own_strings(model):
+    from mgen.models.joint_sampler import JointSamplerLayer
+
+    layer = JointSamplerLayer(model.cfg).eval()
+    torch.nn.init.ones_(layer.norm.weight)
+    for lay in (None, layer):
+        s = EntropyBoundSampler(gen_length=8, entropy_bound=4.0)
+        x = s.sample(model, PROMPTS, generator=torch.Generator().manual_seed(3), layer=lay)
+        lq, fwd = s.log_q.clone(), s.row_forwards.clone()
+        y = s.sample(model, PROMPTS, layer=lay, teacher_tokens=x[:, -8:])
+        assert torch.equal(x, y) and torch.allclose(s.log_q, lq) and torch.equal(s.row_forwards, fwd)

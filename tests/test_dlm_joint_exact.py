@@ -74,3 +74,16 @@ def test_distances_and_small_bench(toy, tmp_path):
     assert rows[("exact", "k=1")]["tv"] == 0.0 and rows[("marginal", "k=2")]["forwards_per_token"] == 0.5
     assert 0 < res["meta"]["layer_cost_ratio_r"] < 1
     assert (tmp_path / "joint_exact.json").exists() and (tmp_path / "joint_exact.md").exists()
+
+
+def test_frontier_rows_on_a_tiny_model(toy):
+    from mgen.bench.joint_frontier import run_frontier
+
+    base, layer = toy
+    prompts = torch.tensor([[1, 2], [2, 3], [1, 1], [3, 1]])  # no pad id (0): exact_log_prob hides pads
+    rows = run_frontier(base, layer, prompts, gen_length=4, ks=[2], gammas=[1.0], seed=0, batch_size=2,
+                        bootstrap=50)
+    by = {r["method"]: r for r in rows}
+    assert abs(by["exact"]["kl_q_p"]) < 1e-9 and abs(by["exact"]["kl_p_q"]) < 1e-9  # measured: replay = sampler
+    assert by["marginal"]["forwards_per_token"] == 0.5 and by["adjust"]["passes_per_token"] == 0.5
+    assert set(by) == {"exact", "marginal", "adjust", "eb", "eb+adjust"}
