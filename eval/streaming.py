@@ -5,7 +5,10 @@ to uint8 exactly as the PNG writer stores it (so the features equal those of the
 
 Plan (:func:`sample_plan`): sample ``i`` of ``N`` has class ``⌊i·C / N⌋`` (for ``N`` divisible by ``C`` this is
 MAR's ``arange(C).repeat(N // C)``, LTH14/mar ``engine_mar.evaluate``) and its own random stream, seeded
-``(seed << 32) + i``.
+:func:`sample_seed` ``(seed, i) = splitmix64(seed) + i·0x9E3779B97F4A7C15 mod 2^64``. (Not ``(seed << 32) + i``:
+torch's CPU generator keeps only the low 32 bits of a seed, which would make ``--seed`` change nothing. Here the
+low 32 bits are distinct for every ``i < 2^32`` (an odd multiplier) and depend on ``seed`` through splitmix64;
+CUDA's Philox generator uses all 64 bits.)
 
 Batch invariance: sample ``i`` depends only on its own stream, and the feature extractors always see the same
 blocks of :data:`FEATURE_BLOCK` consecutive samples (``[16j, 16j + 16)``, whatever the sampling batch, the shard
@@ -57,7 +60,25 @@ def sample_plan(num_samples: int, num_classes: int | None, seed: int) -> tuple[t
     labels = None
     if num_classes:
         labels = torch.arange(num_samples, dtype=torch.long) * num_classes // num_samples
-    return labels, [(seed << 32) + i for i in range(num_samples)]
+    return labels, [sample_seed(seed, i) for i in range(num_samples)]
+
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15  # 2^64 / golden ratio, splitmix64's increment
+
+
+def _splitmix64(x: int) -> int:
+    """splitmix64's output function (Steele, Lea & Flood 2014, "Fast splittable pseudorandom number generators";
+    constants of Vigna's reference splitmix64.c)."""
+    z = (x + _GOLDEN) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def sample_seed(seed: int, i: int) -> int:
+    """The 64-bit ``torch.Generator`` seed of sample ``i`` of a run with ``seed`` (module docstring)."""
+    return (_splitmix64(seed) + i * _GOLDEN) & _MASK64
 
 
 def auto_shard_size(seconds_per_sample: float, block: int = FEATURE_BLOCK, target: float = SHARD_SECONDS,
@@ -299,7 +320,7 @@ def pipeline_sample_fn(pipe: Any, num_inference_steps: int | None = None, guidan
                        device: str | torch.device = "cpu", **call_kwargs: Any) -> SampleFn:
     """Adapt a diffusers-style mgen pipeline to ``sample_fn(labels, seeds) -> images in [-1, 1]``.
 
-    Sample ``i`` gets its own ``torch.Generator`` seeded with ``seeds[i]`` (``(seed << 32) + i``), handed to the
+    Sample ``i`` gets its own ``torch.Generator`` seeded with ``seeds[i]`` (:func:`sample_seed`), handed to the
     pipeline as a list (diffusers' convention, :func:`mgen.samplers.per_sample_generators` uses such a list as
     is), so every random draw of sample ``i`` comes from its own stream: the samples, hence the metrics, do not
     depend on the batch size or on how the samples are split over processes.

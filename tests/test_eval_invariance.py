@@ -46,6 +46,12 @@ def test_metrics_identical_for_every_batch_size(tmp_path, inception_weights, sma
     assert set(runs[32]) == set(METRICS)
     for bs in (5, 7):
         assert runs[bs] == runs[32], (bs, runs[bs], runs[32])  # exact: same floats, not approx
+    # and --seed does change the samples (a seed (seed << 32) + i would not: torch's CPU generator keeps 32 bits)
+    other = tmp_path / "seed1.json"
+    assert main([*BASE, "--num-samples", "32", "--batch-size", "32", "--seed", "1", "--work-dir", str(tmp_path / "s1"),
+                 "--no-digits", "--metrics", "is", "--isc-splits", "2", "--inception-weights", str(inception_weights),
+                 "--json", str(other)]) == 0
+    assert _metrics(other)["is"] != runs[32]["is"]
 
 
 def test_two_cpu_processes_give_the_metrics_of_one(tmp_path):
@@ -103,6 +109,6 @@ def test_help_states_the_guarantee(capsys):
     except SystemExit as e:  # argparse's own exit after printing the help
         assert e.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "own random stream, seeded (seed << 32) + i" in text
+    assert "own random stream (a seed made of --seed and i)" in text
     assert "the metrics are identical for every --batch-size and for any split over processes" in text
     assert "resumes where it stopped, with identical metrics" in text

@@ -13,7 +13,9 @@ import torch
 
 from eval_common import inception_weights, small_inception  # noqa: F401
 from mgen.errors import UserError
-from mgen.eval.streaming import gather_shards, images_to_uint8, sample_plan, stream_features
+from mgen.eval.streaming import gather_shards, images_to_uint8, sample_plan, sample_seed, stream_features
+
+INDEX = {sample_seed(0, i): i for i in range(1000)}  # seed -> sample index (seed 0)
 
 
 def toy_sample_fn(calls: list | None = None, fail_after: int | None = None):
@@ -37,10 +39,22 @@ def toy_extract(images: torch.Tensor) -> dict[str, torch.Tensor]:
 def test_sample_plan_labels_and_seeds():
     labels, seeds = sample_plan(20, 10, seed=3)
     assert labels.tolist() == [c for c in range(10) for _ in range(2)]  # MAR: arange(C).repeat(N // C)
-    assert seeds[0] == 3 << 32 and seeds[19] == (3 << 32) + 19
+    assert seeds == [sample_seed(3, i) for i in range(20)] and len(set(seeds)) == 20
     assert sample_plan(5, None, 0)[0] is None
     with pytest.raises(UserError):
         sample_plan(-1, 10, 0)
+
+
+def test_seed_changes_the_samples_on_cpu_generators():
+    """torch's CPU generator keeps only the low 32 bits of a seed: (seed << 32) + i would ignore --seed."""
+    assert torch.equal(torch.randn(4, generator=torch.Generator().manual_seed(1 << 32)),
+                       torch.randn(4, generator=torch.Generator().manual_seed(0)))  # the trap
+    low = {s: {sample_seed(s, i) & 0xFFFFFFFF for i in range(5000)} for s in (0, 1, 2, 2**31 - 1)}
+    assert all(len(v) == 5000 for v in low.values())  # distinct streams within a run
+    assert not low[0] & low[1] and not low[1] & low[2] and not low[0] & low[2 ** 31 - 1]  # and across seeds
+    x0 = torch.randn(4, generator=torch.Generator().manual_seed(sample_seed(0, 0)))
+    x1 = torch.randn(4, generator=torch.Generator().manual_seed(sample_seed(1, 0)))
+    assert not torch.equal(x0, x1)
 
 
 def test_features_do_not_depend_on_batch_size(tmp_path):
@@ -113,7 +127,7 @@ def test_killed_run_resumes_with_identical_features(tmp_path):
     out = stream_features(toy_sample_fn(resumed), toy_extract, 30, tmp_path / "w", num_classes=10, batch_size=4,
                           shard_size=8, progress=False, block=4)
     assert not list((tmp_path / "w").glob(".tmp-*"))  # a killed run's temp files are cleaned
-    assert min(s for c in resumed for s in c) == 16  # only shards 2 and 3 were sampled again
+    assert min(INDEX[s] for c in resumed for s in c) == 16  # only shards 2 and 3 were sampled again
     for k in ("feat", "pix", "label", "index"):
         assert torch.equal(out[k], full[k])
 
@@ -125,7 +139,7 @@ def test_damaged_shard_is_redone_and_other_settings_refused(tmp_path):
     calls: list = []
     out = stream_features(toy_sample_fn(calls), toy_extract, 12, tmp_path, num_classes=10, batch_size=4,
                           shard_size=4, progress=False, block=4)
-    assert [c[0] & 0xFFFFFFFF for c in calls] == [4] and out["feat"].shape == (12, 3)
+    assert [INDEX[c[0]] for c in calls] == [4] and out["feat"].shape == (12, 3)
     with pytest.raises(UserError, match="another run"):
         stream_features(toy_sample_fn(), toy_extract, 12, tmp_path, num_classes=10, batch_size=4, seed=1,
                         shard_size=4, progress=False, block=4)
@@ -140,8 +154,8 @@ def test_shards_split_over_processes_and_gathered(tmp_path):
     calls0: list = []
     out = stream_features(toy_sample_fn(calls0), toy_extract, 17, tmp_path / "two", num_classes=10, batch_size=3,
                           shard_size=3, progress=False, rank=0, world_size=2, block=3)
-    idx1 = {s & 0xFFFFFFFF for c in calls1 for s in c}
-    idx0 = {s & 0xFFFFFFFF for c in calls0 for s in c}
+    idx1 = {INDEX[s] for c in calls1 for s in c}
+    idx0 = {INDEX[s] for c in calls0 for s in c}
     assert not idx0 & idx1 and idx0 | idx1 == set(range(17))
     assert torch.equal(out["feat"], single["feat"])
 
@@ -169,13 +183,13 @@ def test_two_cpu_processes_split_the_samples(tmp_path):
     script.write_text(textwrap.dedent(f"""
         import json, os, sys, torch
         sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
-        from test_eval_streaming import toy_sample_fn, toy_extract
+        from test_eval_streaming import INDEX, toy_sample_fn, toy_extract
         from mgen.eval.streaming import stream_features
         calls = []
         out = stream_features(toy_sample_fn(calls), toy_extract, 10, {str(tmp_path / 'w')!r}, num_classes=10,
                               batch_size=2, shard_size=2, progress=False, block=2)
         with open({str(tmp_path)!r} + f"/seeds-{{os.environ['RANK']}}.json", "w") as f:
-            json.dump([s & 0xFFFFFFFF for c in calls for s in c], f)
+            json.dump([INDEX[s] for c in calls for s in c], f)
         if out is not None:
             torch.save(out["feat"], {str(tmp_path / 'feat.pt')!r})
     """))

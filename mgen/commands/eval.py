@@ -9,7 +9,7 @@
     (on a CPU-only machine --multi_gpu still starts N CPU processes; accelerate's --cpu starts only one)
 
 With ``--model``, samples go straight from the pipeline into the feature extractors (no PNGs). Sample i is drawn
-from its own random stream, seeded (seed << 32) + i, and the feature extractors always see the same blocks of
+from its own random stream (a seed made of --seed and i), and the feature extractors always see the same blocks of
 16 consecutive samples, so the metrics are identical for every --batch-size and for any split over processes
 (on the same device and thread count, as long as the sampler returns the same uint8 image for sample i at
 every batch size: its batch-dependent float rounding, README "Errors and guarantees", can move a rare pixel by
@@ -82,7 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--num-classes", type=int, default=None,
                    help="classes to cycle through, 1..1000000 (default: the model's)")
     s.add_argument("--seed", type=int, default=0,
-                   help="0..2^31-1: sample i is drawn from its own random stream, seeded (seed << 32) + i, so the "
+                   help="0..2^31-1: sample i is drawn from its own random stream (seed splitmix64(seed) + i * 0x9E3779B97F4A7C15), so the "
                         "metrics are identical for every --batch-size and any number of processes")
     s.add_argument("--work-dir", metavar="DIR", help="feature shards (default: ./mgen-eval-<model>-<settings hash>)")
     s.add_argument("--shard-size", type=int, default=None,
@@ -414,7 +414,8 @@ def _run_model(args: argparse.Namespace) -> dict[str, Any] | None:
         "model": args.model, "weights": args.weights, "num_samples": num_samples, "sampler": sampler_settings,
         "sampler_defaults": dict(defaults) if isinstance(defaults, dict) else None,
         "seed": args.seed,
-        "sample_seeds": f"one torch.Generator per sample, seeded (seed << 32) + i for i in 0..{num_samples - 1}",
+        "sample_seeds": "one torch.Generator per sample i, seeded (splitmix64(seed) + i * 0x9E3779B97F4A7C15) mod 2^64 "
+                        f"for i in 0..{num_samples - 1}",
         "num_processes": world, "shard_size": shard_size, "feature_block": BLOCK,
         "labels": "class floor(i * num_classes / num_samples)" if num_classes else None,
         "batch_size": args.batch_size, "work_dir": str(work_dir), "real": args.real,
