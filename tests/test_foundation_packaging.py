@@ -68,3 +68,13 @@ def test_regular_install(tmp_path):
     # inside the checkout (root first on sys.path), HF's tokenizers still wins and mgen.tokenizers works
     hf, ours, mgen_file = _probe(REPO_ROOT, env)
     assert "site-packages" in hf
+    # the wheel carries every package, the license and its SPDX expression, and `mgen sample` runs from its copy
+    assert (target / "mgen" / "bench" / "report.py").is_file() and (target / "mgen" / "families.py").is_file()
+    meta = next(target.glob("mgen-*.dist-info")) / "METADATA"
+    text = meta.read_text()
+    assert "License-Expression: Apache-2.0" in text and "Classifier: " in text and "Project-URL: " in text
+    out = subprocess.run([sys.executable, "-m", "mgen", "sample", "--model", "maskgit-digits", "--num", "2", "--steps",
+                          "2", "--no-progress", "--out", str(tmp_path / "samples")], capture_output=True, text=True,
+                         cwd=tmp_path, env={**os.environ, **env}, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "samples" / "grid.png").is_file() and (tmp_path / "samples" / "0001.png").is_file()
