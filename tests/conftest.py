@@ -13,6 +13,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# The tests mirror the source tree (tests/models, tests/samplers, …); shared helper modules and tests that reuse
+# another test module's tiny models import them by module name, so every test folder is on sys.path.
+_TESTS = Path(__file__).resolve().parent
+for _d in [_TESTS, *sorted(p for p in _TESTS.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))]:
+    if str(_d) not in sys.path:
+        sys.path.insert(0, str(_d))
+
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
