@@ -99,16 +99,17 @@ def _text_family() -> Family:
     return next(f for f in FAMILIES.values() if f.kind == "text")
 
 
-def _file_metadata(p: Path) -> dict[str, str]:
-    if p.suffix != ".safetensors":
+def safetensors_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a ``.safetensors`` file ({} for other files); a corrupt file is a WeightsError."""
+    if path.suffix != ".safetensors":
         return {}
-    try:
-        from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(p), "pt") as f:
+    try:
+        with safe_open(str(path), "pt") as f:
             return dict(f.metadata() or {})
-    except Exception:
-        raise WeightsError(f"{p}: corrupt or truncated safetensors file") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{path}: corrupt or truncated safetensors file ({e})") from None
 
 
 def _family_from_metadata(meta: dict[str, str]) -> Family | None:
@@ -144,7 +145,7 @@ def _file_spec(p: Path, want: str | None) -> Spec:
     if p.suffix in (".yaml", ".yml"):
         entry = registry.load_config_file(p)
         return Spec(get_family(entry.family), YAML, entry=entry, path=_entry_weights(entry, None, required=False))
-    fam = _family_from_metadata(_file_metadata(p))
+    fam = _family_from_metadata(safetensors_metadata(p))
     if fam is None:
         pool = [f for f in FAMILIES.values() if want is None or (f.is_tokenizer == (want == "tokenizer"))]
         fam = _sniff(p, pool) if p.suffix != ".safetensors" or want == "tokenizer" else None

@@ -23,16 +23,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def tiny_pipe(seed: int = 0) -> MARPipeline:
-    torch.manual_seed(seed)
-    m = MAR(**ARCH)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-        m.diffloss.net.final_layer.linear.weight.mul_(0.1)
-    pipe = MARPipeline(tokenizer=PatchTokenizer(patch_size=4, channels=1, image_size=16, scaling_factor=1.5, shift=-0.4),
-                       transformer=m.eval())
-    pipe.set_sampler(num_steps=3, head_steps=3, cfg=2.0)
-    return pipe
+    from tests_helpers import tiny_mar_pipeline
+
+    return tiny_mar_pipeline(seed)
 
 
 def test_patch_tokenizer_round_trip(tmp_path):

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-from safetensors import SafetensorError, safe_open
+
 from torch import nn
 
 from mgen import hub, registry
 from mgen.errors import UserError, WeightsError
 from mgen.families import get_family
+from mgen.resolver import safetensors_metadata  # noqa: F401  (re-exported for the tokenizers)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -99,17 +100,6 @@ def folder_of(p: Path) -> Path | None:
     if p.name in (WEIGHTS_NAME, "model.safetensors") and (p.parent / CONFIG_NAME).is_file():
         return p.parent
     return None
-
-
-def safetensors_metadata(path: Path) -> dict[str, str]:
-    """The string metadata of a ``.safetensors`` file ({} for other files)."""
-    if path.suffix != ".safetensors":
-        return {}
-    try:
-        with safe_open(str(path), "pt") as f:
-            return dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as e:
-        raise WeightsError(f"{path}: corrupt or truncated safetensors file ({e})") from None
 
 
 def metadata_config(path: Path) -> dict[str, Any] | None:
