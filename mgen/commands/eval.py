@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mgen.commands.options import DTYPES, add_recap_arguments, parse_dtype, recap_from_args
 from mgen.errors import UserError
 from mgen.eval.outputs import check_writable, write_json
 from mgen.eval.streaming import FEATURE_BLOCK as BLOCK
@@ -96,9 +97,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--json", metavar="OUT", help="write the results here (atomically)")
     o.add_argument("--save-stats", metavar="NPZ", help="write mu/sigma of --real (a folder), or of the fake images / samples")
     o.add_argument("--no-progress", action="store_true")
-    from mgen.samplers.recap import add_cli_arguments
-
-    add_cli_arguments(p)  # --sampler recap, --recap-cache-steps, --recap-pre-full-steps, --recap-head-fast-ratio
+    o.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="--model: weights and compute precision (default fp32; part of the resume key)")
+    add_recap_arguments(p)  # --sampler recap, --recap-cache-steps, --recap-pre-full-steps, --recap-head-fast-ratio
 
 
 def _write_json(path: str | os.PathLike, obj: dict[str, Any]) -> None:
@@ -277,10 +278,13 @@ def _num_classes(pipe: Any, entry: Any, digits: bool) -> int | None:
     return 10 if digits else None
 
 
-def _load_pipeline(model: str, weights: str | None, device: Any) -> Any:
+def _load_pipeline(model: str, weights: str | None, device: Any, dtype: Any = None) -> Any:
+    import torch
+
     from mgen.pipelines import load_pipeline
 
-    return load_pipeline(model, weights=weights, device=device)
+    extra = {"torch_dtype": dtype} if dtype is not None and dtype != torch.float32 else {}
+    return load_pipeline(model, weights=weights, device=device, **extra)
 
 
 def _run_model(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -329,13 +333,21 @@ def _run_model(args: argparse.Namespace) -> dict[str, Any] | None:
                   args.kid_subset_size, args.isc_splits, args.pr_k)
     if digits and num_samples < 2:
         raise UserError(f"digits-FID needs at least 2 samples, got --num-samples {num_samples}")
-    from mgen.pipelines import family_of
-    from mgen.samplers.recap import recap_from_cli
+    from mgen import registry
+    from mgen.errors import WeightsError
+    from mgen.families import get_family
+    from mgen.resolver import resolve
 
-    fam, fam_entry = family_of(args.model)
-    recap = recap_from_cli(args, fam, args.steps if args.steps is not None else
-                           (fam_entry.sampler.get("num_steps") if fam_entry is not None else None))
-    pipe = _load_pipeline(args.model, args.weights, device)  # fails early (one line) when weights are missing
+    try:
+        spec = resolve(args.model, args.weights)
+        fam, fam_entry = spec.family, spec.entry
+    except WeightsError:  # missing weights: the pipeline loader below names every missing file
+        fam_entry = registry.get(args.model)
+        fam = get_family(fam_entry.family)
+    recap = recap_from_args(args, fam, args.steps if args.steps is not None else
+                            (fam_entry.sampler.get("num_steps") if fam_entry is not None else None))
+    dtype = parse_dtype(args.dtype, device)
+    pipe = _load_pipeline(args.model, args.weights, device, dtype)  # fails early (one line) when weights are missing
     extractor = None
     weights_id = None
     if metrics:
@@ -374,7 +386,7 @@ def _run_model(args: argparse.Namespace) -> dict[str, Any] | None:
     sampler_settings = {"steps": args.steps, "cfg": args.cfg, "num_classes": num_classes}
     if recap:
         sampler_settings["recap"] = recap
-    meta = {"model": args.model, "weights": args.weights, "sampler": sampler_settings,
+    meta = {"model": args.model, "weights": args.weights, "sampler": sampler_settings, "dtype": args.dtype or "fp32",
             "features": sorted((["inception"] if extractor is not None else []) + (["digits"] if digits else [])),
             "inception_weights": weights_id["sha256"] if weights_id else None}
     # (the batch size and the number of processes do not change the samples, so they are not part of the key)
