@@ -182,14 +182,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     backend); writes ``sample.json`` + ``sample.md`` to ``--out`` through :func:`mgen.bench.report.write_report`."""
     import torch
 
-    from mgen.pipelines import family_of
-
     _check_common(args)
-    family, entry = family_of(args.model)
+    family, entry = _family(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = _device(args)
-    if family == "mar":
+    if _has_head(family):  # a generator with a diffusion head (MAR): fp32 / bf16 / compile / ReCAP side by side
         result = _run_mar(args, entry, device)
     else:
         result = _run_pipeline(args, family, device)
@@ -200,16 +198,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- MAR -------------------------------------------------------------------------------------------
+def _family(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(Family, registry entry or None) of ``--model`` (a missing-weights name still has its family)."""
+    from mgen import registry
+    from mgen.errors import WeightsError
+    from mgen.families import get_family
+    from mgen.resolver import resolve
+
+    try:
+        spec = resolve(args.model, args.weights)
+        return spec.family, spec.entry
+    except WeightsError:
+        if not args.random_weights:
+            raise
+        entry = registry.get(args.model)
+        return get_family(entry.family), entry
+
+
+def _has_head(family: Any) -> bool:
+    from mgen.samplers.settings import SamplerSettings
+
+    return family.sampler is not None and "head_steps" in SamplerSettings.for_sampler(family.sampler).allowed()
+
+
 def _mar_model(args: argparse.Namespace, entry: Any, device: Any) -> Any:
     import torch
 
     if args.random_weights:
         if entry is None:
             raise UserError("--random-weights needs a named model (mar-b, mar-l, mar-h, mar-digits)")
-        from mgen.models.mar import MAR, resolve_config
+        from mgen.families import get_family
 
         torch.manual_seed(args.seed)
-        return MAR.from_config_obj(resolve_config(entry.name)).eval().to(device)
+        return get_family(entry.family).model_class().from_arch(entry.arch).eval().to(device)
     from mgen.models import load_model
 
     return load_model(args.model, weights=args.weights).eval().to(device)
@@ -305,7 +326,7 @@ def _run_mar(args: argparse.Namespace, entry: Any, device: Any) -> dict[str, Any
             ref = per_img
         row["speedup_vs_first"] = round(ref / per_img, 3)
         out_rows.append(row)
-    meta = {"bench": "sample", "model": args.model, "family": "mar", "random_weights": bool(args.random_weights),
+    meta = {"bench": "sample", "model": args.model, "family": entry.family if entry is not None else None, "random_weights": bool(args.random_weights),
             "device": str(device), "device_name": _device_name(device), "threads": torch.get_num_threads(),
             "batch_size": args.batch_size, "repeats": args.repeats, **settings,
             "timed": "sampler only (latents, no decode); median of the timed rounds, modes alternating",
@@ -327,39 +348,31 @@ def _device_name(device: Any) -> str:
 
 
 # -- other families (the earlier `mgen bench sample`) -------------------------------------------------
-def _load_for_bench(args: argparse.Namespace, family: str, device: Any) -> Any:
-    from mgen.pipelines import family_of, load_pipeline
+def _load_for_bench(args: argparse.Namespace, family: Any, device: Any) -> Any:
+    """The pipeline to time: loaded by name, or (``--random-weights``) the family's pipeline around a randomly
+    initialised model of the named config, without a tokenizer (latents are timed, not decoded)."""
+    from mgen.pipelines import load_pipeline
 
     if args.random_weights:
-        family, entry = family_of(args.model)
-        if family not in ("dit", "rae-dit") or entry is None:
-            raise UserError("--random-weights is available for named MAR, DiT and RAE-DiT models "
-                            "(mar-b, dit-xl-2, rae-dit-xl, ...)")
         import torch
 
+        from mgen import registry
+        from mgen.samplers.settings import SamplerSettings
+
+        entry = registry.get(args.model)
         torch.manual_seed(args.seed)
-        if family == "dit":
-            from mgen.models.dit import DiT, DiTConfig
-            from mgen.pipelines.dit import DiTPipeline
-            from mgen.samplers.ddpm import DDPMSampler
-
-            model = DiT(DiTConfig.from_mapping(entry.arch, where=entry.path))
-            pipe = DiTPipeline(model.eval(), torch.nn.Identity(), DDPMSampler.from_mapping(dict(entry.sampler)))
-        else:
-            from mgen.models.lightningdit import LightningDiT, LightningDiTConfig
-            from mgen.pipelines.rae_dit import RAEDiTPipeline
-            from mgen.samplers.flow import FlowSampler
-
-            model = LightningDiT(LightningDiTConfig.from_mapping(entry.arch, where=entry.path))
-            pipe = RAEDiTPipeline(model.eval(), torch.nn.Identity(), FlowSampler.from_mapping(dict(entry.sampler)))
+        model = family.model_class().from_arch(entry.arch).eval()
+        cls = family.pipeline_class()
+        settings = SamplerSettings.for_sampler(family.sampler, dict(entry.sampler))
+        pipe = cls(**{cls.model_component: model, cls.tokenizer_component: None, "scheduler": settings})
         return pipe.to(device)
     return load_pipeline(args.model, weights=args.weights, tokenizer_weights=args.tokenizer_weights, device=device)
 
 
-def _attention_backends(args: argparse.Namespace, family: str) -> list[str | None]:
-    """DiT / RAE-DiT: the attention backends timed one after another (``--attn-backends``, default all available);
-    other families: ``[None]``, one timing with the model's own backend."""
-    if family not in ("dit", "rae-dit"):
+def _attention_backends(args: argparse.Namespace, pipe: Any) -> list[str | None]:
+    """A generator with a switchable attention backend (DiT / RAE-DiT): the backends timed one after another
+    (``--attn-backends``, default all available); others: ``[None]``, one timing with the model's own backend."""
+    if not hasattr(getattr(pipe, pipe.model_component), "attn_backend"):
         return [None]
     from mgen.nn.attention import available_backends, resolve_backend
 
@@ -377,8 +390,8 @@ def _run_pipeline(args: argparse.Namespace, family: str, device: Any) -> dict[st
 
     if args.modes:
         raise UserError("--modes is for MAR models; use --dtype for this family")
-    backends = _attention_backends(args, family)
     pipe = _load_for_bench(args, family, device)
+    backends = _attention_backends(args, pipe)
     labels = torch.arange(args.batch_size) % int(getattr(pipe, "num_classes", 1) or 1)
     dname = args.dtype or "fp32"
     _check_dtype(dname, device)
@@ -389,7 +402,7 @@ def _run_pipeline(args: argparse.Namespace, family: str, device: Any) -> dict[st
     if args.cfg is not None:
         kwargs["guidance_scale"] = args.cfg
     meta: dict[str, Any] = {
-        "bench": "sample", "model": args.model, "family": family, "pipeline": type(pipe).__name__,
+        "bench": "sample", "model": args.model, "family": family.name, "pipeline": type(pipe).__name__,
         "random_weights": bool(args.random_weights), "device": str(device), "device_name": _device_name(device),
         "threads": torch.get_num_threads(), "dtype": dname, "batch_size": args.batch_size, "steps": args.steps,
         "repeats": args.repeats, "machine": machine()}

@@ -44,6 +44,7 @@ from mgen.errors import UserError, WeightsError
 from mgen.models.diffloss import DiffLoss
 from mgen.nn import KVCache, ViTBlock
 from mgen.nn.attention import attention
+from mgen.tokenizers import load_tokenizer
 
 
 # --------------------------------------------------------------------------------------------------
@@ -185,7 +186,9 @@ def resolve_config(config: str | MARConfig | Mapping[str, Any] | None) -> MARCon
     from mgen import registry
 
     entry = registry.load_config_file(config) if str(config).endswith((".yaml", ".yml")) else registry.get(str(config))
-    if entry.family != "mar":
+    from mgen.families import get_family
+
+    if get_family(entry.family).model_class() is not MAR:
         raise UserError(f"{entry.name} is a {entry.family!r} model, not a MAR config")
     return MARConfig.from_mapping(entry.arch, where=f"{entry.name}: arch")
 
@@ -716,39 +719,21 @@ def training_data(entry: Any, data: Any, tokenizer: Any) -> tuple[torch.Tensor, 
                     f"(tensors 'latents' scaled by the tokenizer, 'labels'); got {data!r}")
 
 
-def build_mar_training(entry: Any, out_dir: str | None = None, max_steps: int | None = None,
-                       batch_size: int | None = None, seed: int | None = None) -> Any:
-    """The shared trainer on MAR's loss for a registry entry (``mgen train --config configs/mar-digits.yaml``)."""
-    from mgen.train import TrainConfig, Trainer
-
+def build_mar_training(entry: Any, factory: Any) -> tuple[Any, Any, Any]:
+    """(task, data, config) of a MAR config for the one trainer (:mod:`mgen.train.builder`; ``mgen train --config
+    configs/mar-digits.yaml``): MAR's diffusion loss on the tokenizer's (scaled) latents."""
     train = dict(entry.train)
     data = train.pop("data", None)
     grid = train.pop("grid", None)
-    tokenizer = None
-    if entry.tokenizer:
-        from mgen.tokenizers import load_tokenizer
-
-        tokenizer = load_tokenizer(entry.tokenizer)
+    tokenizer = load_tokenizer(entry.tokenizer) if entry.tokenizer else None
     if data == "digits" and tokenizer is None:
         raise UserError(f"{entry.name}: training on digits needs a tokenizer (config key 'tokenizer')")
     arch = MARConfig.from_mapping(entry.arch, where=f"{entry.name}: arch")
     latents, labels = training_data(entry, data, tokenizer)
-    if seed is not None:
-        train["seed"] = seed
-    torch.manual_seed(int(train.get("seed", 0)))  # initial weights are a function of the seed
+    cfg = factory.config(train)
+    torch.manual_seed(cfg.seed)  # initial weights are a function of the seed
     model = MAR.from_config_obj(arch)
     want = (arch.vae_embed_dim, arch.img_size // arch.vae_stride, arch.img_size // arch.vae_stride)
     if tuple(latents.shape[1:]) != want:
         raise UserError(f"{entry.name}: data latents are {tuple(latents.shape[1:])}, the model expects {want}")
-    cfg = TrainConfig.from_mapping(train, out_dir=out_dir or f"runs/{entry.name}", max_steps=max_steps, batch_size=batch_size)
-    task = MARTrainTask(model, tokenizer, grid)
-    return Trainer(task, (latents, labels), cfg)
-
-
-def _register_training() -> None:
-    from mgen.train.tasks import register
-
-    register("mar")(build_mar_training)
-
-
-_register_training()
+    return MARTrainTask(model, tokenizer, grid), (latents, labels), cfg
