@@ -37,7 +37,7 @@ def test_random_weights_rows_and_report(tmp_path):
 
 @pytest.mark.parametrize("argv,needle", [
     (["--model", "dit-digits", "--random-weights"], "K/V cache"),
-    (["--model", "enat-digits", "--random-weights", "--steps", "2"], "MaskGIT and MAR"),
+    (["--model", "enat-digits", "--random-weights", "--steps", "2"], "K/V cache"),
     (["--model", "maskgit-digits", "--random-weights", "--steps", "4", "--pre-full-steps", "5"], "exceeds"),
     (["--model", "maskgit-digits", "--random-weights", "--steps", "0"], "positive"),
     (["--model", "maskgit-digits", "--random-weights", "--cache-steps", "-1"], "cache-steps"),

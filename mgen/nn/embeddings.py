@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from diffusers.models.embeddings import get_2d_sincos_pos_embed, get_timestep_embedding
 from torch import nn
 
 
@@ -25,6 +26,10 @@ def sincos_2d(embed_dim: int, grid_size: int | tuple[int, int], extra_tokens: in
     column (w) coordinate, the second half the row (h) coordinate; extra tokens get zeros.
     """
     gh, gw = (grid_size, grid_size) if isinstance(grid_size, int) else grid_size
+    if gh == gw:  # diffusers' table is the same to the bit for a square grid at base_size = the grid (tested)
+        return get_2d_sincos_pos_embed(embed_dim, (gh, gw), cls_token=extra_tokens > 0, extra_tokens=extra_tokens,
+                                       base_size=gh, output_type="pt").float()
+    # a non-square grid: diffusers rescales the column positions by gw/gh (its base_size is one number), MAE does not
     rows = torch.arange(gh, dtype=torch.float64)[:, None].expand(gh, gw)
     cols = torch.arange(gw, dtype=torch.float64)[None, :].expand(gh, gw)
     emb = torch.cat([sincos_1d(embed_dim // 2, cols), sincos_1d(embed_dim // 2, rows)], dim=1)
@@ -39,13 +44,9 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, f
     ``freq_shift`` = 0 is the official DiT/ADM embedding; diffusers' ``DiTTransformer2DModel`` uses
     ``Timesteps(downscale_freq_shift=1)``, i.e. ``freq_shift=1``.
     """
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - freq_shift))
-    args = t[:, None].float() * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
+    # diffusers' get_timestep_embedding with cos first is the same embedding, to the bit (tested)
+    return get_timestep_embedding(t.float(), dim, flip_sin_to_cos=True, downscale_freq_shift=freq_shift,
+                                  max_period=int(max_period) if float(max_period).is_integer() else max_period)
 
 
 class TimestepEmbedder(nn.Module):
