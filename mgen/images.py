@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.utils import make_grid as torchvision_make_grid
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -23,17 +24,10 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
-    """Tile (B, C, H, W) images into one (C, H', W') image, ``nrow`` per row (default ≈ √B)."""
-    b, c, h, w = images.shape
-    nrow = nrow or max(1, math.ceil(math.sqrt(b)))
-    rows = math.ceil(b / nrow)
-    grid = torch.full((c, rows * (h + padding) + padding, nrow * (w + padding) + padding), pad_value,
-                      dtype=images.dtype, device=images.device)
-    for i in range(b):
-        r, col = divmod(i, nrow)
-        y, x = padding + r * (h + padding), padding + col * (w + padding)
-        grid[:, y:y + h, x:x + w] = images[i]
-    return grid
+    """Tile (B, C, H, W) images into one (C', H', W') image, ``nrow`` per row (default ≈ √B): torchvision's
+    ``make_grid`` (grey images come back as 3 channels, as there)."""
+    nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
+    return torchvision_make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value)
 
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
