@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import json
 
 import pytest
@@ -104,7 +106,7 @@ def test_two_processes_with_torchrun(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(
         "import sys, torch\n"
-        f"sys.path.insert(0, {str(REPO_ROOT / 'tests')!r})\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
         "from test_foundation_trainer import TinyTask, _data\n"
         "from mgen.train import TrainConfig, Trainer\n"
         "t = Trainer(TinyTask(), _data(), TrainConfig(out_dir=sys.argv[1], max_steps=4, batch_size=8, lr=1e-2,"
