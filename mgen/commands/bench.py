@@ -6,7 +6,7 @@ the machine) and this command prints the result's rows.
 
     mgen bench sample --model mar-digits --steps 16 --batch-size 16
     mgen bench sample --model mar-b --random-weights --steps 16 --batch-size 8 --dtype bf16
-    mgen bench fid | recap | enat | joint …
+    mgen bench fid | recap | enat | joint | joint-exact | joint-frontier …
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ BENCHES: dict[str, str] = {
     "recap": "mgen.bench.recap",
     "enat": "mgen.bench.enat",
     "joint": "mgen.bench.joint",
+    "joint-exact": "mgen.bench.joint_exact",
+    "joint-frontier": "mgen.bench.joint_frontier",
 }
 
 
