@@ -31,7 +31,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     from mgen import registry
-    from mgen.models.dlm import DLMConfig, build_text_data, load_dlm_file, nll_bound, save_dlm
+    from mgen.models.dlm import DLMConfig, load_dlm_file, nll_bound, save_dlm
+    from mgen.train.data import text_windows as build_text_data
     from mgen.models.dlm_data import split_documents, stdlib_documents, train_bpe
     from mgen.train.tasks import build_training
 

@@ -33,7 +33,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     from mgen import registry
-    from mgen.models.dlm import build_text_data
+    from mgen.train.data import text_windows as build_text_data
     from mgen.models.joint_sampler import load_base, load_joint, save_joint
     from mgen.bench.joint import markdown_table, run_joint_benchmark, toy_joint_experiment, write_report
     from mgen.train.tasks import build_training

@@ -35,7 +35,8 @@ import torch
 from mgen.bench.report import machine
 from mgen.bench.report import write_report as write_bench_report
 from mgen.errors import UserError
-from mgen.models.dlm import DLMConfig, DLMTask, MaskedDiffusionLM, build_text_data
+from mgen.models.dlm import DLMConfig, DLMTask, MaskedDiffusionLM
+from mgen.train.data import text_windows as build_text_data
 from mgen.models.joint_sampler import JointSamplerLayer, JointTask, load_base, make_trajectories
 from mgen.samplers.dlm import ExactSampler, model_logits
 from mgen.samplers.joint import JointSampler, _no_mask

@@ -31,7 +31,7 @@ from mgen.bench.flops import count_flops
 from mgen.bench.joint import exact_log_prob, replay_log_q
 from mgen.bench.report import machine, write_report
 from mgen.errors import UserError
-from mgen.models.dlm import build_text_data
+from mgen.train.data import text_windows as build_text_data
 from mgen.models.joint_sampler import JointSamplerLayer, load_base
 from mgen.samplers.entropy_bound import EntropyBoundSampler
 from mgen.samplers.joint import JointSampler

@@ -576,22 +576,14 @@ def split_train_settings(train: Mapping[str, Any]) -> tuple[dict[str, Any], dict
     return own, {k: v for k, v in train.items() if k not in TASK_KEYS}
 
 
-@torch.no_grad()
-def encode_digits(tokenizer: nn.Module, image_size: int = 16, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    """The offline digits (sklearn) as scaled latents ``encode(x) * scaling_factor`` and labels."""
-    from mgen.tokenizers.digits import digits_images
-
-    x, y = digits_images(split, size=image_size)
-    z = torch.cat([tokenizer.encode(x[i:i + 256]) for i in range(0, x.shape[0], 256)])
-    return (z * float(tokenizer.scaling_factor)).float(), y.long()
-
-
-def training_data(entry: Any, own: Mapping[str, Any]) -> tuple[tuple[torch.Tensor, torch.Tensor], nn.Module]:
+def training_data(entry: Any, own: Mapping[str, Any], data: Any) -> tuple[tuple[torch.Tensor, torch.Tensor], nn.Module]:
+    """((scaled latents, labels), tokenizer) of a DiT / LightningDiT config: the offline digits under its tokenizer
+    (``data`` is :mod:`mgen.train.data`, handed over by the trainer factory)."""
     if own.get("dataset", "digits") != "digits" or not entry.tokenizer:
         raise UserError(f"{entry.name}: only the offline digits data set can be used for training here "
                         "(set train.dataset: digits and a digits tokenizer)")
     tok = load_tokenizer(entry.tokenizer)
-    return encode_digits(tok, int(own.get("image_size", 16))), tok
+    return data.digits_latents(tok, size=int(own.get("image_size", 16))), tok
 
 
 class DiTTrainTask:
@@ -627,6 +619,6 @@ def build_dit_training(entry: Any, factory: Any) -> tuple[Any, Any, Any]:
     cfg = factory.config(rest)
     torch.manual_seed(cfg.seed)
     model = DiT.from_arch(entry.arch, where=entry.path)
-    data, tok = training_data(entry, own)
+    data, tok = training_data(entry, own, factory.data)
     task = DiTTrainTask(model, entry.sampler, tok, int(own.get("preview_steps", 50)))
     return task, data, cfg

@@ -431,16 +431,6 @@ def tokenizer_path(tokenizer_file: str, name: str = "dlm"):
     return p
 
 
-def build_text_data(entry, seq_len: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
-    """Train / held-out windows of the offline corpus, tokenised with the entry's tokenizer file."""
-    # imported here: mgen.models.dlm_data imports transformers (seconds of start-up) for the tokenizer class
-    from mgen.models.dlm_data import TextTokenizer, pack, split_documents, stdlib_documents
-
-    tok = TextTokenizer.from_file(tokenizer_path(DLMConfig.from_mapping(entry.arch).tokenizer_file, entry.name))
-    train_txt, held_txt = split_documents(stdlib_documents())
-    return pack(train_txt, tok, seq_len), pack(held_txt, tok, seq_len), tok
-
-
 #: the trainer builder of a joint sampler layer entry, while its config still says ``family: dlm``
 
 
@@ -448,7 +438,7 @@ def build_dlm_training(entry: Any, factory: Any) -> tuple[Any, Any, Any]:
     """(task, data, config) of a masked diffusion LM config for the one trainer (:mod:`mgen.train.builder`):
     the masked diffusion objective on the config's text windows."""
     cfg = DLMConfig.from_mapping(entry.arch)
-    train, _, tok = build_text_data(entry, cfg.seq_len)
+    train, _, tok = factory.data.text_windows(entry, cfg.seq_len)
     if tok.vocab_size != cfg.vocab_size or tok.mask_id != cfg.mask_id:
         raise UserError(f"{entry.name}: tokenizer has {tok.vocab_size} entries / mask id {tok.mask_id}, "
                         f"arch says {cfg.vocab_size} / {cfg.mask_id}")

@@ -485,13 +485,14 @@ class ENATTask:
 def build_enat_training(entry: Any, factory: Any) -> tuple[Any, Any, Any]:
     """(task, data, config) of an ``enat`` config for the one trainer (:mod:`mgen.train.builder`): the digits
     configs train on the codes of their VQ tokenizer."""
-    from mgen.models.maskgit import encode_digits
     from mgen.samplers.enat import ENATSampler
+    from mgen.tokenizers import load_tokenizer
 
     if not entry.tokenizer:
         raise UserError(f"{entry.name}: the config names no tokenizer to encode training images with")
     cfg = ENATConfig.from_mapping(entry.arch, where=entry.path)
-    codes, labels, tok = encode_digits(entry.tokenizer, size=cfg.img_size)
+    tok = load_tokenizer(entry.tokenizer)
+    codes, labels = factory.data.digits_codes(tok, size=cfg.img_size)
     if tuple(codes.shape[1:]) != (cfg.grid_size, cfg.grid_size):
         raise UserError(f"{entry.name}: tokenizer {entry.tokenizer} gives {tuple(codes.shape[1:])} codes, arch says grid_size {cfg.grid_size}")
     tc = factory.config(entry.train)

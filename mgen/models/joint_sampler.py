@@ -35,7 +35,7 @@ from mgen import hub, registry
 from mgen.errors import UserError, WeightsError
 from mgen.fileio import atomic_write
 from mgen.models.dlm import (DLMBlock, DLMConfig, MaskedDiffusionLM, _as_device, _is_diffusers_folder, _module_to,
-                             build_text_data, key_mask, load_dlm_file, read_metadata)
+                             key_mask, load_dlm_file, read_metadata)
 from mgen.samplers.dlm import ExactSampler, prepare_prompts
 
 #: the training settings a joint layer's registry ``arch:`` holds next to ``base`` (configs/joint-dlm-text.yaml)
@@ -277,7 +277,7 @@ def build_joint_training(entry: Any, factory: Any) -> tuple[Any, Any, Any]:
     fp = base.fingerprint()
     data = torch.load(cache, weights_only=True) if cache.exists() else None
     if data is None or data.get("fingerprint") != fp:
-        train, _, _ = build_text_data(base_entry, base.cfg.seq_len)
+        train, _, _ = factory.data.text_windows(base_entry, base.cfg.seq_len)
         g = torch.Generator().manual_seed(tc.seed)
         idx = torch.randperm(train.shape[0], generator=g)[: a["num_trajectories"]]
         windows = train[idx, : a["prompt_len"] + a["gen_len"]]

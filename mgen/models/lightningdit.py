@@ -508,5 +508,5 @@ def build_flow_training(entry: Any, factory: Any) -> tuple[Any, Any, Any]:
     cfg = factory.config(rest)
     torch.manual_seed(cfg.seed)
     model = LightningDiT.from_arch(entry.arch, where=entry.path)
-    data, tok = training_data(entry, own)
+    data, tok = training_data(entry, own, factory.data)
     return FlowTrainTask(model, own, entry.sampler, tok), data, cfg

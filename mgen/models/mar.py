@@ -693,32 +693,6 @@ class MARTrainTask:
         return tok.decode(unscaled.to(next(tok.parameters(), latents).device if list(tok.parameters()) else latents.device))
 
 
-def training_data(entry: Any, data: Any, tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scaled latents, labels) for training: the offline digits set encoded once, or a cached latents file.
-
-    ``data: digits`` encodes ``sklearn``'s digits training split (:mod:`mgen.tokenizers.digits`) with the
-    model's tokenizer; ``data: FILE.safetensors`` reads tensors ``latents`` (already scaled) and ``labels``.
-    """
-    if data == "digits":
-        from mgen.tokenizers.digits import digits_images
-
-        size = getattr(tokenizer, "image_size", None) or int(entry.arch.get("img_size", 16))
-        images, labels = digits_images("train", size=size, channels=3)
-        with torch.no_grad():
-            z = tokenizer.encode(images)
-            z = tokenizer.to_model(z) if hasattr(tokenizer, "to_model") else z * tokenizer.scaling_factor
-        return z.float().contiguous(), labels.long()
-    if isinstance(data, str) and data.endswith(".safetensors"):
-        from mgen.hub import load_checkpoint
-
-        d = load_checkpoint(data)
-        if "latents" not in d or "labels" not in d:
-            raise UserError(f"{data}: a cached-latents file needs tensors 'latents' and 'labels'")
-        return d["latents"].float(), d["labels"].long()
-    raise UserError(f"{entry.name}: set train.data to 'digits' (offline) or a cached-latents .safetensors file "
-                    f"(tensors 'latents' scaled by the tokenizer, 'labels'); got {data!r}")
-
-
 def build_mar_training(entry: Any, factory: Any) -> tuple[Any, Any, Any]:
     """(task, data, config) of a MAR config for the one trainer (:mod:`mgen.train.builder`; ``mgen train --config
     configs/mar-digits.yaml``): MAR's diffusion loss on the tokenizer's (scaled) latents."""
@@ -729,7 +703,14 @@ def build_mar_training(entry: Any, factory: Any) -> tuple[Any, Any, Any]:
     if data == "digits" and tokenizer is None:
         raise UserError(f"{entry.name}: training on digits needs a tokenizer (config key 'tokenizer')")
     arch = MARConfig.from_mapping(entry.arch, where=f"{entry.name}: arch")
-    latents, labels = training_data(entry, data, tokenizer)
+    if data == "digits":
+        size = getattr(tokenizer, "image_size", None) or arch.img_size
+        latents, labels = factory.data.digits_latents(tokenizer, size=size)
+    elif isinstance(data, str) and data.endswith(".safetensors"):
+        latents, labels = factory.data.cached_latents(data)
+    else:
+        raise UserError(f"{entry.name}: set train.data to 'digits' (offline) or a cached-latents .safetensors file "
+                        f"(tensors 'latents' scaled by the tokenizer, 'labels'); got {data!r}")
     cfg = factory.config(train)
     torch.manual_seed(cfg.seed)  # initial weights are a function of the seed
     model = MAR.from_config_obj(arch)

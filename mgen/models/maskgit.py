@@ -41,6 +41,7 @@ from mgen import hub, registry
 from mgen.errors import UserError, WeightsError
 from mgen.fileio import atomic_dir
 from mgen.nn import KVCache, ViTBlock
+from mgen.tokenizers import load_tokenizer
 
 
 @dataclass
@@ -527,27 +528,6 @@ class MaskGITTask:
         return images
 
 
-def encode_digits(tokenizer_name: str, split: str = "train", size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, Any]:
-    """VQ codes and labels of the offline digits (``mgen.tokenizers.digits``, ``size``×``size`` RGB)
-    under a VQ tokenizer (registry name or path)."""
-    from mgen.tokenizers.digits import digits_images
-    from mgen.tokenizers.vq import VQTokenizer
-
-    tok = VQTokenizer.from_pretrained(tokenizer_name).eval()
-    images, labels = digits_images(split, size=size or _tokenizer_image_size(tok))
-    with torch.no_grad():
-        codes = torch.cat([tok.encode(images[i:i + 256]) for i in range(0, len(images), 256)])
-    return codes.long(), labels.long(), tok
-
-
-def _tokenizer_image_size(tok: Any) -> int:
-    for attr in ("image_size", "img_size", "resolution"):
-        v = getattr(tok, attr, None) or getattr(getattr(tok, "config", None), attr, None)
-        if isinstance(v, int):
-            return v
-    return 16
-
-
 def build_maskgit_training(entry: Any, factory: Any) -> tuple[Any, Any, Any]:
     """(task, data, config) of a ``maskgit`` config for the one trainer (:mod:`mgen.train.builder`): the digits
     configs train on the codes of their VQ tokenizer (``vq-digits``)."""
@@ -556,7 +536,8 @@ def build_maskgit_training(entry: Any, factory: Any) -> tuple[Any, Any, Any]:
     if not entry.tokenizer:
         raise UserError(f"{entry.name}: the config names no tokenizer to encode training images with")
     cfg = MaskGITConfig.from_mapping(entry.arch, where=entry.path)
-    codes, labels, tok = encode_digits(entry.tokenizer, size=cfg.img_size)
+    tok = load_tokenizer(entry.tokenizer)
+    codes, labels = factory.data.digits_codes(tok, size=cfg.img_size)
     if tuple(codes.shape[1:]) != (cfg.grid_size, cfg.grid_size):
         raise UserError(f"{entry.name}: tokenizer {entry.tokenizer} gives {tuple(codes.shape[1:])} codes, arch says grid_size {cfg.grid_size}")
     tc = factory.config(entry.train)

@@ -19,6 +19,7 @@ from torch import nn
 from mgen.errors import UserError
 from mgen.families import get_family, import_target
 from mgen.registry import ModelEntry
+from mgen.train import data
 from mgen.train.trainer import TrainConfig, Trainer
 
 
@@ -30,6 +31,8 @@ class TrainerFactory:
         self.entry = entry
         self.out_dir = out_dir or f"runs/{entry.name}"
         self.overrides = {"max_steps": max_steps, "batch_size": batch_size, "seed": seed}
+        #: the training data preparation (:mod:`mgen.train.data`): digits images, codes, latents, text windows
+        self.data = data
 
     def config(self, settings: Mapping[str, Any], out_dir: str | None = None, command_line: bool = True) -> TrainConfig:
         """The trainer settings of ``settings`` (a ``train:`` mapping without the family's own keys); the command
