@@ -23,7 +23,7 @@ from the *global* torch RNG in transformers' order (canvas ``randint``, then per
 B·L rows and the re-noising ``randint``), so that ``torch.manual_seed(s); sampler.sample(...)`` equals
 ``torch.manual_seed(s); model.generate(...)`` token for token. The default mode draws each row's numbers from
 its own generator (:func:`mgen.samplers.base.per_sample_generators`) and only for rows still running, so a
-row's output does not depend on the batch it is in (docs/ARCHITECTURE.md, "Sampler").
+row's output does not depend on the batch it is in (docs/ARCHITECTURE.md, "Samplers").
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ class MaskedDiffusionLM(ModelMixin, ConfigMixin):
     A diffusers ``ModelMixin + ConfigMixin``: ``MaskedDiffusionLM(**arch)`` builds random weights from a registry
     entry's ``arch:`` mapping (the :class:`DLMConfig` fields), ``save_pretrained(folder)`` writes ``config.json`` +
     ``diffusion_pytorch_model.safetensors`` and :meth:`from_pretrained` reads those folders, our own safetensors
-    files (arch in the metadata) and registry names (docs/ARCHITECTURE.md, "The component contract").
+    files (arch in the metadata) and registry names (docs/ARCHITECTURE.md, "The three protocols").
     ``self.cfg`` is the validated :class:`DLMConfig`; ``self.config`` diffusers' frozen dict of the same fields.
     """
 

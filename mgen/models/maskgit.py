@@ -136,7 +136,7 @@ class MaskGITTransformer(ModelMixin, ConfigMixin):
 
     Reduced precision: ``.to(torch.bfloat16)`` / ``from_pretrained(..., torch_dtype=torch.bfloat16)`` runs
     the transformer in that dtype; the tied output head is evaluated in float32, so the logits a sampler
-    gets are float32 whatever the weights' dtype (docs/ARCHITECTURE.md, "Precision").
+    gets are float32 whatever the weights' dtype (docs/ARCHITECTURE.md, "Reduced precision").
     """
 
     #: config keys that are not architecture fields (diffusers bookkeeping)

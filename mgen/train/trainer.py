@@ -1,4 +1,4 @@
-"""The one training loop every mgen model plugs into (docs/ARCHITECTURE.md: "One trainer serves every model").
+"""The one training loop every mgen model plugs into (docs/ARCHITECTURE.md, "Training").
 
 A model contributes a :class:`TrainTask`: its network, its loss on a batch, and optionally a sample-grid
 hook. The loop owns everything else: AdamW, warm-up then constant or cosine learning rate (transformers'
