@@ -2,7 +2,7 @@
 
 Each subcommand lives in ``mgen/commands/<name>.py`` (``HELP``, ``add_arguments``, ``run``) and is
 imported only when used, so ``mgen --help`` stays fast. Every error a user can cause ends in one line
-on stderr and exit status 2 (DESIGN.md, Conventions).
+on stderr and exit status 2 (docs/ARCHITECTURE.md, "Errors and files").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Name → weights: resolution of ``--model NAME|PATH`` / ``--weights PATH`` and safe loading.
 
-Resolution order (DESIGN.md, "Names and weights"):
+Resolution order (docs/ARCHITECTURE.md, "Resolver"):
 
 1. ``--weights PATH`` or a ``--model`` that is an existing local file or folder;
 2. ``configs/NAME.yaml``: a file shipped in the package (``weights.package``), the official file in

@@ -2,7 +2,7 @@
 
 Each sampler is a plain object holding its decoding hyper-parameters; ``sampler.sample(model, ...,
 generator=g)`` drives a generator from all-masked (or pure noise) to a full sample, drawing every
-random number from the given ``torch.Generator`` (DESIGN.md, "The three protocols").
+random number from the given ``torch.Generator`` (docs/ARCHITECTURE.md, "The three protocols").
 """
 
 from mgen.samplers.base import Sampler, per_sample_generators

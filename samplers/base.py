@@ -21,7 +21,7 @@ def per_sample_generators(
     """One generator per sample index, derived from ``generator``'s current state.
 
     Drawing a sample's noise from its own stream makes sample *i* the same whatever the batch size
-    (DESIGN.md: "Same seed ⇒ same sample for each index"). The seeds come from one draw of the parent
+    (docs/ARCHITECTURE.md, "The three protocols": same seed ⇒ same sample for each index). The seeds come from one draw of the parent
     generator, so the parent advances exactly once per call.
     """
     if isinstance(generator, (list, tuple)):  # diffusers' convention: one generator per sample, used as is

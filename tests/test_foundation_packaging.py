@@ -1,4 +1,4 @@
-"""Packaging: the tokenizers shadowing hazard (DESIGN.md) in editable and regular installs, entry points."""
+"""Packaging: the tokenizers shadowing hazard (docs/ARCHITECTURE.md, "Layers") in editable and regular installs, entry points."""
 
 from __future__ import annotations
 

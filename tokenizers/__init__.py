@@ -1,4 +1,4 @@
-"""mgen.tokenizers: latent tokenizers (VQ, KL-VAE, RAE) behind the Tokenizer protocol of DESIGN.md.
+"""mgen.tokenizers: latent tokenizers (VQ, KL-VAE, RAE) behind the Tokenizer protocol (docs/ARCHITECTURE.md).
 
 This folder is installed as ``mgen.tokenizers``. When Python runs with the repository root on
 ``sys.path`` (``python -m ...`` or a notebook started in the root), a plain ``import tokenizers`` --

@@ -1,5 +1,5 @@
 """A diffusers attention processor that routes the spatial self-attention of VAE blocks through
-:func:`mgen.nn.attention` (DESIGN.md: one attention function serves every model).
+:func:`mgen.nn.attention` (docs/ARCHITECTURE.md, "Layers": one attention function serves every model).
 
 The LDM autoencoder's attention block (Rombach et al. 2022, ``AttnBlock``) is single-head self-attention
 over the h·w positions of a feature map, after a GroupNorm, with a residual connection:

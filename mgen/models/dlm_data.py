@@ -1,6 +1,6 @@
 """Offline text for the shipped diffusion LM, and its byte-level BPE tokenizer (Hugging Face ``tokenizers``).
 
-The corpus is what every CPython installation carries (DESIGN.md, "Data available offline"):
+The corpus is what every CPython installation carries (docs/ARCHITECTURE.md, "Offline data"):
 ``pydoc_data.topics`` (the language reference topics that ``help()`` shows) and the docstrings of the
 standard library's modules, classes and functions, read with :mod:`ast` (nothing is imported or run).
 Documents are split into train / held-out by a hash of their name, so the split does not depend on the
@@ -28,7 +28,7 @@ SPECIAL_TOKENS = [PAD_TOKEN, EOS_TOKEN, MASK_TOKEN]
 
 
 def _hf_tokenizers():
-    """Hugging Face's ``tokenizers`` package (never our ``mgen.tokenizers``; see DESIGN.md "Hazard")."""
+    """Hugging Face's ``tokenizers`` package (never our ``mgen.tokenizers``; see docs/ARCHITECTURE.md, "Layers")."""
     import importlib
 
     mod = importlib.import_module("tokenizers")

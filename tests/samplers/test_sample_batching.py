@@ -1,4 +1,4 @@
-"""`mgen sample --batch-size`: sample i is the same image whatever the batch size (DESIGN.md determinism)."""
+"""`mgen sample --batch-size`: sample i is the same image whatever the batch size (docs/ARCHITECTURE.md, "The three protocols")."""
 
 from __future__ import annotations
 
