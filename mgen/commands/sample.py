@@ -108,6 +108,13 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{bad[0]} does not apply to text models ({model})")
         from mgen.commands.sample_text import run_text
 
+        for p in getattr(args, "prompt", None) or []:
+            try:
+                p.encode("utf-8")
+            except UnicodeEncodeError as e:  # bytes the shell passed that are not UTF-8 (surrogate-escaped by Python)
+                bad = p.encode("utf-8", "surrogateescape")[e.start:e.start + 1]
+                raise UserError(f"--prompt is not valid UTF-8 text (byte 0x{bad.hex()} at position {e.start}); "
+                                "pass the prompt as UTF-8") from None
         args.device = str(parse_device(args.device)) if args.device else "cpu"
         return run_text(args)
     if getattr(args, "prompt", None):

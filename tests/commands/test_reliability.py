@@ -292,3 +292,32 @@ def test_batch_size_changes_latents_only_by_rounding(model, settings):
     img1 = torch.cat([pipe([lab], generator=[g], output_type="pt", **settings).images
                       for lab, g in zip(labels, streams())])
     assert float((img - img1).abs().max()) <= 1 / 255  # a PNG differs by at most one grey level
+
+
+# -- text -------------------------------------------------------------------------------------------------------------
+def test_non_utf8_prompt_is_one_line():
+    bad = b"caf\xe9 \xff".decode("utf-8", "surrogateescape")  # what Python makes of non-UTF-8 argv bytes
+    p = subprocess.run([sys.executable, "-m", "mgen", "sample", "--model", "dlm-text", "--prompt", bad,
+                        "--gen-length", "8", "--steps", "4", "--no-progress"], capture_output=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    err = p.stderr.decode("utf-8", "replace")
+    assert p.returncode == 2 and "Traceback" not in err and "not valid UTF-8" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_transformers_folder_with_only_a_pickled_bin(capsys, tmp_path):
+    """A transformers folder whose weights are a pickled pytorch_model.bin: read through torch.load(weights_only=True)
+    (transformers' own safe path), never a traceback."""
+    from safetensors.torch import load_file
+    from transformers import BertConfig, BertForMaskedLM
+
+    BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32)).save_pretrained(tmp_path / "hf")
+    sd = load_file(tmp_path / "hf" / "model.safetensors")
+    torch.save(sd, tmp_path / "hf" / "pytorch_model.bin")
+    (tmp_path / "hf" / "model.safetensors").unlink()
+    code, _, err = run_cli(capsys, "sample", "--model", tmp_path / "hf", "--prompt", "hello", "--gen-length", "4",
+                           "--steps", "2", "--no-progress")
+    assert code in (0, 2) and "Traceback" not in err
+    if code == 2:
+        assert len(err.strip().splitlines()) == 1
