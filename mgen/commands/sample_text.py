@@ -84,6 +84,8 @@ def run_text(args: argparse.Namespace) -> int:
                                        trust_remote_code=args.trust_remote_code, device=args.device,
                                        torch_dtype=dtype)
     stream = None
+    if getattr(args, "no_progress", False):
+        pipe.set_progress_bar_config(disable=True)
     if args.stream:
         pipe.set_progress_bar_config(disable=True)  # the streamed lines replace the bar
 

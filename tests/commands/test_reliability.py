@@ -321,3 +321,10 @@ def test_transformers_folder_with_only_a_pickled_bin(capsys, tmp_path):
     assert code in (0, 2) and "Traceback" not in err
     if code == 2:
         assert len(err.strip().splitlines()) == 1
+
+
+def test_text_sampling_honours_no_progress(capsys):
+    code, out, err = run_cli(capsys, "sample", "--model", "dlm-text", "--prompt", "The with statement", "--gen-length",
+                             "8", "--steps", "4", "--no-progress")
+    assert code == 0 and out.startswith("The with statement")
+    assert "it/s" not in err and "%|" not in err
