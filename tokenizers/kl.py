@@ -38,11 +38,9 @@ from mgen.tokenizers.base import (CONFIG_NAME, WEIGHTS_NAME, ArchAliasesMixin, b
                                   plain, read_json, resolve_name, split_loading_kwargs)
 from mgen.tokenizers.checks import check_images, check_latents
 from mgen.tokenizers.diffusers_attention import use_mgen_attention
-from mgen.tokenizers.digits import digits_images
 from mgen.tokenizers.ldm_keys import LDMArch, infer_ldm_arch, ldm_to_diffusers
 from mgen.tokenizers.lightning import load_lightning_checkpoint
-from mgen.tokenizers.lpips import LPIPS
-from mgen.tokenizers.training import _train_settings, adversarial_loss, attach_discriminator
+from mgen.tokenizers.training import _train_settings, adversarial_loss, attach_discriminator, load_perceptual
 MAR_KL16_SCALING = 0.2325  # LTH14/mar engine_mar.py
 MAR_KL16_ARCH = dict(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, z_channels=16)  # LTH14/mar models/vae.py
 
@@ -451,11 +449,9 @@ def build_kl_training(entry: Any, factory: Any) -> tuple[Any, Any, Any]:
     torch.manual_seed(cfg.seed)
     model = KLTokenizer.from_arch(entry.arch)
     size = int(own.get("image_size", 16))
-    x_train, _ = digits_images("train", size=size, channels=model.in_channels)
-    x_test, _ = digits_images("test", size=size, channels=model.in_channels)
-    perceptual = None
-    if own.get("perceptual_weights"):
-        perceptual = LPIPS.from_file(own["perceptual_weights"])
+    x_train, _ = factory.data.digits("train", size=size, channels=model.in_channels)
+    x_test, _ = factory.data.digits("test", size=size, channels=model.in_channels)
+    perceptual = load_perceptual(own)
     disc_weight, disc_start = attach_discriminator(model, own)
     task = KLTrainTask(model, kl_weight=float(own.get("kl_weight", 1e-6)), recon=own.get("recon", "l1"),
                        perceptual=perceptual, perceptual_weight=float(own.get("perceptual_weight", 0.0)),

@@ -49,9 +49,7 @@ from mgen.tokenizers.base import (CONFIG_NAME, WEIGHTS_NAME, Float32Islands, bui
                                   config_arch, config_kwargs, finish, folder_of, load_saved_folder, metadata_config,
                                   plain, read_json, resolve_name, split_loading_kwargs)
 from mgen.tokenizers.checks import check_images, check_latents
-from mgen.tokenizers.digits import digits_images
-from mgen.tokenizers.lpips import LPIPS
-from mgen.tokenizers.training import _train_settings, adversarial_loss, attach_discriminator
+from mgen.tokenizers.training import _train_settings, adversarial_loss, attach_discriminator, load_perceptual
 
 LEGACY_WEIGHTS_NAME = "model.safetensors"  # older mgen RAE folders
 RAE_NOISE_TAU = 0.8  # Zheng et al. 2025, §3.2
@@ -791,8 +789,8 @@ def build_rae_training(entry: Any, factory: Any) -> tuple[Any, Any, Any]:
     out = Path(cfg.out_dir)
     arch = dict(entry.arch)
     size = int(own.get("image_size", 16))
-    x_train, _ = digits_images("train", size=size)
-    x_test, _ = digits_images("test", size=size)
+    x_train, _ = factory.data.digits("train", size=size)
+    x_test, _ = factory.data.digits("test", size=size)
     mean, std = arch.get("image_mean", [0.5, 0.5, 0.5]), arch.get("image_std", [0.5, 0.5, 0.5])
     if own.get("encoder"):
         encoder = load_encoder(own["encoder"])
@@ -803,9 +801,7 @@ def build_rae_training(entry: Any, factory: Any) -> tuple[Any, Any, Any]:
                                       encoder_input_size=arch.get("encoder_input_size"), image_mean=list(mean),
                                       image_std=list(std), noise_tau=float(own.get("noise_tau", RAE_NOISE_TAU)))
     model.compute_stats(x_train[: int(own.get("stats_samples", x_train.shape[0]))])
-    perceptual = None
-    if own.get("perceptual_weights"):
-        perceptual = LPIPS.from_file(own["perceptual_weights"])
+    perceptual = load_perceptual(own)
     disc_weight, disc_start = attach_discriminator(model, own)
     task = RAETrainTask(model, perceptual, float(own.get("perceptual_weight", 0.0)), preview=x_test[:16],
                         disc_weight=disc_weight, disc_start=disc_start)

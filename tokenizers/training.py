@@ -20,6 +20,13 @@ def _train_settings(entry: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return own, rest
 
 
+def load_perceptual(own: dict[str, Any]) -> nn.Module | None:
+    """The LPIPS network of ``train.perceptual_weights`` (a local file), or None without it."""
+    from mgen.tokenizers.lpips import LPIPS
+
+    return LPIPS.from_file(own["perceptual_weights"]) if own.get("perceptual_weights") else None
+
+
 def attach_discriminator(model: nn.Module, own: dict[str, Any]) -> tuple[float, int]:
     """With ``disc_weight`` > 0 in the train settings, register a PatchGAN as ``model.discriminator``
     (so the shared trainer optimises and checkpoints it); returns (weight, start step)."""

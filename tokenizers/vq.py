@@ -41,11 +41,9 @@ from mgen.tokenizers.base import (CONFIG_NAME, WEIGHTS_NAME, ArchAliasesMixin, F
                                   metadata_config, plain, read_json, registry_entry, resolve_name, split_loading_kwargs)
 from mgen.tokenizers.checks import check_images
 from mgen.tokenizers.diffusers_attention import use_mgen_attention
-from mgen.tokenizers.digits import digits_images
 from mgen.tokenizers.ldm_keys import LDMArch, infer_ldm_arch, ldm_to_diffusers
 from mgen.tokenizers.lightning import load_lightning_checkpoint
-from mgen.tokenizers.lpips import LPIPS
-from mgen.tokenizers.training import _train_settings, adversarial_loss, attach_discriminator
+from mgen.tokenizers.training import _train_settings, adversarial_loss, attach_discriminator, load_perceptual
 
 QUANTIZER_KEY = "mgen_quantizer"  # extra entry in config.json with the options diffusers' quantiser lacks
 
@@ -499,11 +497,9 @@ def build_vq_training(entry: Any, factory: Any) -> tuple[Any, Any, Any]:
     torch.manual_seed(cfg.seed)
     model = VQTokenizer.from_arch(entry.arch)
     size = int(own.get("image_size", 16))
-    x_train, _ = digits_images("train", size=size, channels=model.in_channels)
-    x_test, _ = digits_images("test", size=size, channels=model.in_channels)
-    perceptual = None
-    if own.get("perceptual_weights"):
-        perceptual = LPIPS.from_file(own["perceptual_weights"])
+    x_train, _ = factory.data.digits("train", size=size, channels=model.in_channels)
+    x_test, _ = factory.data.digits("test", size=size, channels=model.in_channels)
+    perceptual = load_perceptual(own)
     disc_weight, disc_start = attach_discriminator(model, own)
     task = VQTrainTask(model, recon=own.get("recon", "l1"), perceptual=perceptual,
                        perceptual_weight=float(own.get("perceptual_weight", 0.0)), preview=x_test[:16],

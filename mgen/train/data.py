@@ -33,6 +33,11 @@ def _encode(tokenizer: Any, images: torch.Tensor) -> torch.Tensor:
     return torch.cat([tokenizer.encode(images[i:i + ENCODE_BATCH]) for i in range(0, len(images), ENCODE_BATCH)])
 
 
+def digits(split: str = "train", size: int = 16, channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images in [-1, 1] (N, channels, size, size), labels) of the offline digits split (what the tokenizers train on)."""
+    return digits_data.digits_images(split, size=size, channels=channels)
+
+
 def digits_codes(tokenizer: Any, split: str = "train", size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(VQ codes (N, h, w), labels) of the offline digits (``size``×``size`` RGB, default the tokenizer's size)."""
     images, labels = digits_data.digits_images(split, size=size or _image_size(tokenizer))
