@@ -27,13 +27,14 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from mgen.bench.flops import count_flops
-from mgen.bench.report import machine, write_report
+from mgen.bench.report import machine, write_frontier_chart, write_report
 from mgen.models.dlm import DLMConfig, MaskedDiffusionLM, masked_diffusion_loss
 from mgen.models.joint_sampler import JointSamplerLayer, JointTask, make_trajectories
 
@@ -277,31 +278,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _plot(rows: list[dict[str, Any]], out: str) -> None:
     """KL(q‖p)-vs-cost frontier (full-forward-equivalent FLOPs per token), when matplotlib is installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    from pathlib import Path
-
-    from mgen.fileio import atomic_write
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name in ("marginal", "adjust", "eb", "eb+adjust", "exact"):
-        pts = sorted((r["ffe_flops_per_token"], r["kl_q_p"]) for r in rows if r["method"] == name)
-        if pts:
-            ax.plot([a for a, _ in pts], [b + 1e-6 for _, b in pts], "o-", label=name)
-    ax.set_xlabel("full-forward-equivalent FLOPs per token")
-    ax.set_ylabel("KL(q ‖ p_exact) + 1e-6 (nats)")
-    ax.set_yscale("log")
-    ax.legend()
-    fig.tight_layout()
-    target = Path(out) / "joint_exact_frontier.png"
-    with atomic_write(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    write_frontier_chart(rows, Path(out) / "joint_exact_frontier.png", "KL(q ‖ p_exact) + 1e-6 (nats)",
+                         y_offset=1e-6, log_y=True, size=(5, 3.5))
 
 
 if __name__ == "__main__":

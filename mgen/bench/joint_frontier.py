@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from mgen.bench.flops import count_flops
 from mgen.bench.joint import exact_log_prob, replay_log_q
-from mgen.bench.report import machine, write_report
+from mgen.bench.report import machine, write_frontier_chart, write_report
 from mgen.errors import UserError
 from mgen.train.data import text_windows as build_text_data
 from mgen.models.joint_sampler import JointSamplerLayer, load_base
@@ -175,32 +176,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _plot(rows: list[dict[str, Any]], out: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    from pathlib import Path
-
-    from mgen.fileio import atomic_write
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name in ("marginal", "adjust", "eb", "eb+adjust", "exact"):
-        pts = sorted((r["ffe_flops_per_token"], r["kl_q_p"], *r["kl_q_p_ci"]) for r in rows if r["method"] == name)
-        if pts:
-            xs = [a[0] for a in pts]
-            ys = [a[1] for a in pts]
-            err = [[a[1] - a[2] for a in pts], [a[3] - a[1] for a in pts]]
-            ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=3, label=name)
-    ax.set_xlabel("full-forward-equivalent FLOPs per token")
-    ax.set_ylabel("KL(q ‖ p_exact), nats per string")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_write(Path(out) / "joint_frontier.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    write_frontier_chart(rows, Path(out) / "joint_frontier.png", "KL(q ‖ p_exact), nats per string",
+                         ci_key="kl_q_p_ci", size=(5.5, 3.8))
 
 
 if __name__ == "__main__":

@@ -66,3 +66,44 @@ def write_report(result: Mapping[str, Any], out_dir: str | os.PathLike, name: st
     with atomic_write(mpath) as tmp:
         tmp.write_text("\n".join(lines))
     return jpath, mpath
+
+
+#: the methods a cost-vs-KL frontier chart draws, in legend order
+FRONTIER_METHODS = ("marginal", "adjust", "eb", "eb+adjust", "exact")
+
+
+def write_frontier_chart(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, ylabel: str,
+                         ci_key: str | None = None, y_offset: float = 0.0, log_y: bool = False,
+                         size: tuple[float, float] = (5.0, 3.5)) -> Path | None:
+    """KL(q‖p)-vs-cost chart (``kl_q_p`` against ``ffe_flops_per_token``, one line per ``method``) as a PNG, written
+    atomically; ``ci_key`` names a (low, high) interval drawn as error bars. Nothing (None) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=size)
+    for name in FRONTIER_METHODS:
+        pts = sorted((r["ffe_flops_per_token"], r["kl_q_p"], *(r[ci_key] if ci_key else ()))
+                     for r in rows if r["method"] == name)
+        if not pts:
+            continue
+        xs, ys = [p[0] for p in pts], [p[1] + y_offset for p in pts]
+        if ci_key:
+            ax.errorbar(xs, ys, yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]], fmt="o-", capsize=3,
+                        label=name)
+        else:
+            ax.plot(xs, ys, "o-", label=name)
+    ax.set_xlabel("full-forward-equivalent FLOPs per token")
+    ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    target = Path(path)
+    with atomic_write(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return target
