@@ -10,16 +10,3 @@ from mgen.pipelines.loading import load_pipeline
 
 __all__ = ["load_pipeline"]
 
-
-def family_of(model):  # transitional: callers should use mgen.resolver.resolve(...).family
-    """(family name, registry entry or None) of a model name or path."""
-    from mgen import registry
-    from mgen.errors import WeightsError
-    from mgen.resolver import resolve
-
-    try:
-        spec = resolve(model)
-        return spec.family.name, spec.entry
-    except WeightsError:
-        entry = registry.get(str(model))
-        return entry.family, entry

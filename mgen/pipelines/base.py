@@ -11,7 +11,6 @@ machinery (``model_index.json`` lists each as ``[module, class]``).
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
@@ -211,10 +210,7 @@ class MgenPipeline(DiffusionPipeline):
         bad = [k for k in inputs if k not in self._callback_tensor_inputs]
         if bad:
             raise UserError(f"callback_on_step_end_tensor_inputs {bad} are not among {self._callback_tensor_inputs}")
-        total = getattr(sampler, "total_steps", None)
-        for attr in ("num_steps", "num_inference_steps", "steps"):  # samplers from before the total_steps contract
-            total = total if total is not None else getattr(getattr(sampler, "base", sampler), attr, None)
-        with self.progress_bar(total=int(total or 0)) as bar:
+        with self.progress_bar(total=int(sampler.total_steps)) as bar:
             def callback(step: int, timestep: Any, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
                 bar.update()
                 if callback_on_step_end is None:
@@ -222,13 +218,6 @@ class MgenPipeline(DiffusionPipeline):
                 out = callback_on_step_end(self, step, timestep, {k: state[k] for k in inputs if k in state})
                 return dict(out) if out else None
             yield callback
-
-    @staticmethod
-    def run_sampler(sampler: Any, callback: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``sampler.sample(*args, **kwargs)``, with ``callback=`` when the sampler takes one."""
-        if "callback" in inspect.signature(sampler.sample).parameters:
-            kwargs["callback"] = callback
-        return sampler.sample(*args, **kwargs)
 
     @property
     def num_classes(self) -> int:

@@ -61,7 +61,7 @@ class DiTPipeline(MgenPipeline):
         return cls(transformer.eval(), vae.eval(), SamplerSettings.of(sampler))
 
     def _run(self, sampler: Any, labels: Any, generator: Any, latents: Any, callback: Any) -> torch.Tensor:
-        return self.run_sampler(sampler, callback, self.transformer, labels, generator=generator, latents=latents)
+        return sampler.sample(self.transformer, labels, generator=generator, latents=latents, callback=callback)
 
     @torch.no_grad()
     def __call__(

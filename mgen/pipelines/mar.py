@@ -69,8 +69,8 @@ class MARPipeline(MgenPipeline):
         sampler = recap_wrap(sampler, recap)
         self.last_sampler = sampler
         with self.step_callback(sampler, callback_on_step_end, callback_on_step_end_tensor_inputs) as cb:
-            latents = self.run_sampler(sampler, cb, self.transformer, labels, generator=generator,
-                                       batch_size=batch_size, profile=profile)
+            latents = sampler.sample(self.transformer, labels, callback=cb, generator=generator,
+                                     batch_size=batch_size, profile=profile)
         latents = latents.float()
         if output_type == "latent":
             images: Any = latents

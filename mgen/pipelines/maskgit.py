@@ -80,7 +80,7 @@ class MaskGITPipeline(MgenPipeline):
         if labels is None and batch_size is None:
             raise UserError("pass class_labels (or batch_size for unconditional samples)")
         with self.step_callback(sampler, callback_on_step_end, callback_on_step_end_tensor_inputs) as cb:
-            codes = self.run_sampler(sampler, cb, self.transformer, labels, batch_size=batch_size, generator=generator)
+            codes = sampler.sample(self.transformer, labels, batch_size=batch_size, generator=generator, callback=cb)
         images: Any = codes if output_type == "latent" else format_images(decode_codes(self.vqvae, codes), output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

@@ -34,7 +34,7 @@ class RAEDiTPipeline(DiTPipeline):
         return DiTPipeline.from_diffusers_folder(folder, **kwargs)
 
     def _run(self, sampler: Any, labels: Any, generator: Any, latents: Any, callback: Any) -> torch.Tensor:
-        return self.run_sampler(sampler, callback, self.transformer, labels, generator=generator, noise=latents)
+        return sampler.sample(self.transformer, labels, generator=generator, noise=latents, callback=callback)
 
 
 __all__ = ["RAEDiTPipeline"]

@@ -11,7 +11,6 @@ builder then puts the returned task, data and config into the one :class:`~mgen.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Mapping
 
 from torch import nn
@@ -56,8 +55,5 @@ def build_trainer(entry: ModelEntry, out_dir: str | None = None, max_steps: int 
     fam = get_family(entry.family)
     if fam.train is None:
         raise UserError(f"training for the {fam.name!r} family ({entry.name}) is not available in this version of mgen")
-    fn = import_target(fam.train)
-    if "factory" not in inspect.signature(fn).parameters:  # a family that still builds its trainer itself
-        return fn(entry, out_dir=out_dir, max_steps=max_steps, batch_size=batch_size, seed=seed)
-    task, data, config = fn(entry, TrainerFactory(entry, out_dir, max_steps, batch_size, seed))
+    task, data, config = import_target(fam.train)(entry, TrainerFactory(entry, out_dir, max_steps, batch_size, seed))
     return Trainer(task, data, config)
