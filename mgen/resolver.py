@@ -51,18 +51,20 @@ class Spec:
         return dict(self.entry.arch)
 
 
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    """A JSON object from ``path``, or a one-line :class:`UserError` naming the file."""
+def read_json(path: str | os.PathLike, what: str, error: type[UserError] = UserError) -> dict[str, Any]:
+    """A JSON object from ``path``, or a one-line ``error`` (a :class:`UserError`; the tokenizers raise
+    :class:`WeightsError` for their config files) naming the file."""
+    path = Path(path)
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
-        raise UserError(f"{path}: not a text JSON file ({what})") from None
+        raise error(f"{path}: not a text JSON file ({what})") from None
     except json.JSONDecodeError as e:
-        raise UserError(f"{path}: invalid JSON ({what}): {e.msg} at line {e.lineno}") from None
+        raise error(f"{path}: invalid JSON ({what}): {e.msg} at line {e.lineno}") from None
     except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+        raise error(f"{path}: cannot read ({e.strerror or e})") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object ({what}), found {type(data).__name__}")
+        raise error(f"{path}: expected a JSON object ({what}), found {type(data).__name__}")
     return data
 
 

@@ -28,6 +28,7 @@ from torch import nn
 from mgen import hub, registry
 from mgen.errors import UserError, WeightsError
 from mgen.families import get_family
+from mgen.resolver import read_json as resolver_read_json
 from mgen.resolver import safetensors_metadata  # noqa: F401  (re-exported for the tokenizers)
 
 CONFIG_NAME = "config.json"
@@ -80,16 +81,8 @@ def finish(model: nn.Module, torch_dtype: torch.dtype | None) -> nn.Module:
 # -- folders, files, names and configs -----------------------------------------------------------------------
 
 def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from a config file; anything else is a one-line ``WeightsError``."""
-    try:
-        data = json.loads(Path(path).read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"{path}: not a valid JSON config ({e})") from None
-    except OSError as e:
-        raise WeightsError(f"{path}: cannot read ({e.strerror or e})") from None
-    if not isinstance(data, dict):
-        raise WeightsError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
+    """A JSON object from a config file; anything else is a one-line ``WeightsError`` (the resolver's reader)."""
+    return resolver_read_json(path, "a config file", error=WeightsError)
 
 
 def folder_of(p: Path) -> Path | None:
