@@ -40,6 +40,8 @@ class Spec:
     layout: str
     entry: registry.ModelEntry | None = None  # the registry / YAML entry, when there is one
     path: Path | None = None  # local weights file or folder (None: a parameter-free model built from its arch)
+    #: with ``resolve(..., missing_ok=True)``: why the weights a registry name needs were not found (else None)
+    missing: str | None = None
 
     @property
     def config_hint(self) -> Any:
@@ -174,10 +176,12 @@ def _entry_weights(entry: registry.ModelEntry, weights: str | os.PathLike | None
 
 
 def resolve(name_or_path: str | os.PathLike, weights: str | os.PathLike | None = None, config: Any = None,
-            want: str | None = None) -> Spec:
+            want: str | None = None, missing_ok: bool = False) -> Spec:
     """Classify ``name_or_path`` (see the module docstring). ``weights`` replaces the weights a name would find;
     ``config`` names the architecture of a bare file (a registry name or YAML path). ``want``: "generator" or
-    "tokenizer", which narrows how a bare official checkpoint is recognised and checks the result."""
+    "tokenizer", which narrows how a bare official checkpoint is recognised and checks the result. ``missing_ok``: a
+    registry name whose weights are not found still resolves (its family and entry), with the reason in
+    ``Spec.missing`` — so a caller can check everything else first and name every missing file in one line."""
     if not isinstance(name_or_path, (str, os.PathLike)) or not os.fspath(name_or_path):
         raise UserError(f"expected a model name or path, got {name_or_path!r}")
     s = os.fspath(name_or_path)
@@ -202,7 +206,12 @@ def resolve(name_or_path: str | os.PathLike, weights: str | os.PathLike | None =
         raise WeightsError(f"{p}: no such file or folder")
     else:
         entry = registry.get(s)
-        spec = Spec(get_family(entry.family), NAME, entry=entry, path=_entry_weights(entry, weights))
+        try:
+            spec = Spec(get_family(entry.family), NAME, entry=entry, path=_entry_weights(entry, weights))
+        except WeightsError as e:
+            if not missing_ok:
+                raise
+            spec = Spec(get_family(entry.family), NAME, entry=entry, missing=str(e))
     _check_want(spec, want, s)
     return spec
 
@@ -246,6 +255,8 @@ def component_folder(spec: Spec, family: Family | None = None) -> Path:
 
 def build_component(spec: Spec, **kwargs: Any) -> Any:
     """The model (generator or tokenizer) a spec describes, loaded with its family's class."""
+    if spec.missing:
+        raise WeightsError(spec.missing)
     cls = spec.family.model_class()
     if spec.layout == PIPELINE_FOLDER:
         return cls.from_pretrained(component_folder(spec), **kwargs)

@@ -199,20 +199,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 # -- MAR -------------------------------------------------------------------------------------------
 def _family(args: argparse.Namespace) -> tuple[Any, Any]:
-    """(Family, registry entry or None) of ``--model`` (a missing-weights name still has its family)."""
-    from mgen import registry
-    from mgen.errors import WeightsError
-    from mgen.families import get_family
+    """(Family, registry entry or None) of ``--model`` (with --random-weights, a name whose weights are missing)."""
     from mgen.resolver import resolve
 
-    try:
-        spec = resolve(args.model, args.weights)
-        return spec.family, spec.entry
-    except WeightsError:
-        if not args.random_weights:
-            raise
-        entry = registry.get(args.model)
-        return get_family(entry.family), entry
+    spec = resolve(args.model, args.weights, missing_ok=bool(args.random_weights))
+    return spec.family, spec.entry
 
 
 def _has_head(family: Any) -> bool:

@@ -333,17 +333,10 @@ def _run_model(args: argparse.Namespace) -> dict[str, Any] | None:
                   args.kid_subset_size, args.isc_splits, args.pr_k)
     if digits and num_samples < 2:
         raise UserError(f"digits-FID needs at least 2 samples, got --num-samples {num_samples}")
-    from mgen import registry
-    from mgen.errors import WeightsError
-    from mgen.families import get_family
     from mgen.resolver import resolve
 
-    try:
-        spec = resolve(args.model, args.weights)
-        fam, fam_entry = spec.family, spec.entry
-    except WeightsError:  # missing weights: the pipeline loader below names every missing file
-        fam_entry = registry.get(args.model)
-        fam = get_family(fam_entry.family)
+    spec = resolve(args.model, args.weights, missing_ok=True)  # missing weights: named by the loader below
+    fam, fam_entry = spec.family, spec.entry
     recap = recap_from_args(args, fam, args.steps if args.steps is not None else
                             (fam_entry.sampler.get("num_steps") if fam_entry is not None else None))
     dtype = parse_dtype(args.dtype, device)

@@ -90,18 +90,13 @@ def _given(args: argparse.Namespace, flag: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from mgen.errors import WeightsError
     from mgen.resolver import resolve
 
     model = args.model or DEFAULT_MODEL
     args.model = model
-    try:
-        spec = resolve(model, args.weights)
-    except WeightsError:
-        if args.weights is not None:
-            raise
-        spec = None  # weights missing: load_pipeline names every missing file in one line below
-    family = spec.family if spec is not None else _family_of_name(model)
+    # missing weights of a name are named later, by load_pipeline, in one line with the tokenizer's
+    spec = resolve(model, args.weights, missing_ok=args.weights is None)
+    family = spec.family
     if family.kind in ("text", "sampler-layer"):
         bad = [f for f in IMAGE_ONLY if _given(args, f)]
         if bad:
@@ -123,11 +118,7 @@ def run(args: argparse.Namespace) -> int:
     num = args.num
     if num is not None and num > MAX_SAMPLES and not args.force:
         raise UserError(f"--num {num} is more than {MAX_SAMPLES} images; pass --force to write them all")
-    entry = spec.entry if spec is not None else None
-    if entry is None and spec is None:
-        from mgen import registry
-
-        entry = registry.get(model)
+    entry = spec.entry
     n_cls = (entry.arch.get("class_num", entry.arch.get("num_classes")) if entry is not None else None)
     if args.classes is not None and isinstance(n_cls, int):
         bad = [c for c in args.classes if not 0 <= c < n_cls]
@@ -199,13 +190,6 @@ def run(args: argparse.Namespace) -> int:
     grid = save_grid(imgs, out_dir / "grid.png", nrow=args.nrow, upscale=args.upscale)
     print(f"wrote {grid} and {num} images to {out_dir}/")
     return 0
-
-
-def _family_of_name(model: str) -> Any:
-    from mgen import registry
-    from mgen.families import get_family
-
-    return get_family(registry.get(model).family)
 
 
 def _short(labels: list[int]) -> str:

@@ -102,13 +102,12 @@ class MgenPipeline(DiffusionPipeline):
                              pipeline_cls=cls, **kwargs)
 
     @classmethod
-    def from_spec(cls, spec: Spec, tokenizer: Any = None, errors: list[str] | None = None, **kwargs: Any) -> Any:
-        """Build from a resolved spec (called by :func:`mgen.pipelines.load_pipeline`)."""
+    def from_spec(cls, spec: Spec, tokenizer: Any = None, **kwargs: Any) -> Any:
+        """Build from a resolved spec (called by :func:`mgen.pipelines.load_pipeline`); missing weights of the
+        generator and of its tokenizer are named together in one error."""
         load_kwargs, overrides = split_load_kwargs(kwargs)
-        errors = list(errors or [])
+        errors: list[str] = []
         if spec.layout == PIPELINE_FOLDER:
-            if errors:
-                raise WeightsError(errors[0])
             kw = diffusers_dtype_kwargs(load_kwargs)
             kw.setdefault("use_safetensors", True)  # mgen reads weights as safetensors (pickles only via the allow-list)
             kw.update(local_files_only=True, trust_remote_code=False)  # never a download, never a folder's own code
@@ -121,20 +120,18 @@ class MgenPipeline(DiffusionPipeline):
             if not isinstance(pipe, cls):
                 raise UserError(f"{spec.path}: a {type(pipe).__name__} folder, not a {cls.__name__} one")
             if tokenizer is not None:
-                pipe.register_modules(**{cls.tokenizer_component: pipe._tokenizer_for(spec, tokenizer, errors)})
+                pipe.register_modules(**{cls.tokenizer_component: pipe._tokenizer_for(spec, tokenizer)})
         elif spec.layout == DIFFUSERS_DIT_FOLDER:
             pipe = cls.from_diffusers_folder(spec.path, **load_kwargs)
         else:
             model = None
             try:
-                if spec.path is None and errors:
-                    raise WeightsError(errors.pop(0))
                 model = build_component(spec, **{k: v for k, v in load_kwargs.items() if k == "torch_dtype"})
-            except WeightsError as e:
-                errors.insert(0, str(e))
+            except WeightsError as e:  # the generator's weights first in the message
+                errors.append(str(e))
             tok = None
             try:
-                tok = cls._tokenizer_for(spec, tokenizer, errors)
+                tok = cls._tokenizer_for(spec, tokenizer)
             except WeightsError as e:
                 errors.append(str(e).replace("--weights PATH", "--tokenizer-weights PATH"))
             if errors:
@@ -155,7 +152,7 @@ class MgenPipeline(DiffusionPipeline):
         raise UserError(f"{folder}: {cls.__name__} cannot read this diffusers pipeline folder")
 
     @classmethod
-    def _tokenizer_for(cls, spec: Spec, tokenizer: Any, errors: list[str]) -> Any:
+    def _tokenizer_for(cls, spec: Spec, tokenizer: Any) -> Any:
         """The tokenizer module for ``spec``: given as a module, a path, or named by the config (``tokenizer:``)."""
         accepted = spec.family.tokenizers
         if isinstance(tokenizer, torch.nn.Module):

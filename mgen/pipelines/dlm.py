@@ -322,11 +322,10 @@ class DLMPipeline(DiffusionPipeline):
         return cls(net, tok if tok is not None else found_tok, joint_sampler=layer, scheduler=settings)
 
     @classmethod
-    def from_spec(cls, spec: Any, tokenizer: Any = None, errors: list[str] | None = None,
-                  **kwargs: Any) -> "DLMPipeline":
+    def from_spec(cls, spec: Any, tokenizer: Any = None, **kwargs: Any) -> "DLMPipeline":
         """Build from a :class:`mgen.resolver.Spec` (called by :func:`mgen.pipelines.load_pipeline`)."""
-        if errors:
-            raise WeightsError(errors[0])
+        if spec.missing:
+            raise WeightsError(spec.missing)
         if spec.entry is not None and spec.layout in ("name", "yaml"):
             for k in LOAD_KWARGS:  # diffusers' loading options: nothing to do for these layouts
                 kwargs.pop(k, None)

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from mgen.errors import UserError, WeightsError
+from mgen.errors import UserError
 from mgen.families import Family
-from mgen.resolver import Spec, resolve
+from mgen.resolver import resolve
 
 #: keyword arguments of diffusers' ``DiffusionPipeline.from_pretrained`` that a caller may pass through mgen
 DIFFUSERS_LOAD_KWARGS = frozenset({
@@ -78,34 +78,12 @@ def load_pipeline(name_or_path: str | os.PathLike, weights: str | os.PathLike | 
     for key in ("torch_dtype", "dtype"):
         if key in load_kwargs:
             load_kwargs["torch_dtype"] = parse_dtype(load_kwargs.pop(key))
-    errors: list[str] = []
-    spec: Spec | None = None
-    try:
-        spec = resolve(name_or_path, weights, config=config, want=None)
-    except WeightsError as e:
-        errors.append(str(e))
-        spec = _spec_without_weights(name_or_path, config)
-    if spec is None:
-        raise WeightsError(errors[0])
+    spec = resolve(name_or_path, weights, config=config, want=None, missing_ok=True)
     family: Family = spec.family
     if family.is_tokenizer:
         raise UserError(f"{os.fspath(name_or_path)} is a tokenizer ({family.name}), not a generator; pick a generator model")
     cls = pipeline_cls or family.pipeline_class()
-    pipe = cls.from_spec(spec, tokenizer=tokenizer_weights, errors=errors, **load_kwargs, **sampler_overrides)
+    pipe = cls.from_spec(spec, tokenizer=tokenizer_weights, **load_kwargs, **sampler_overrides)
     if device is not None:
         pipe = pipe.to(device)
     return pipe
-
-
-def _spec_without_weights(name_or_path: Any, config: Any) -> Spec | None:
-    """The spec of a registry name whose weights are missing (so the tokenizer can be checked too, and one error
-    names every missing file)."""
-    from mgen import registry
-    from mgen.families import get_family
-    from mgen.resolver import NAME
-
-    try:
-        entry = registry.get(os.fspath(name_or_path))
-    except UserError:
-        return None
-    return Spec(get_family(entry.family), NAME, entry=entry, path=None)
