@@ -119,7 +119,7 @@ class SamplerSettings(SchedulerMixin, ConfigMixin):
         base = cls(sampler=target, settings={})
         allowed = set(base.allowed())
         values = {k: v for k, v in dict(settings or {}).items() if k in allowed}
-        out = cls(sampler=target, settings=base.merged(**values, **overrides) if overrides or values else {})
+        out = cls(sampler=target, settings=base.merged(**{**values, **overrides}))
         out.build()
         return out
 
