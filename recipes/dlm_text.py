@@ -27,6 +27,8 @@ def main() -> int:
     ap.add_argument("--out", default="/tmp/dlm-text-run")
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--config", default=str(ROOT / "configs" / "dlm-text.yaml"),
+                    help="the dlm config to train (configs/dlm-text-12.yaml: the 12-layer base)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -36,7 +38,7 @@ def main() -> int:
     from mgen.models.dlm_data import split_documents, stdlib_documents, train_bpe
     from mgen.train.tasks import build_training
 
-    entry = registry.load_config_file(ROOT / "configs" / "dlm-text.yaml")
+    entry = registry.load_config_file(args.config)
     cfg = DLMConfig.from_mapping(entry.arch)
     tok_path = ROOT / "mgen" / "weights" / cfg.tokenizer_file
     if not tok_path.exists():

@@ -29,6 +29,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--bench-prompts", type=int, default=64)
     ap.add_argument("--bench-only", action="store_true")
+    ap.add_argument("--config", default=str(ROOT / "configs" / "joint-dlm-text.yaml"),
+                    help="the joint-dlm config (configs/joint-dlm-text-12.yaml: the layer for the 12-layer base)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -38,7 +40,7 @@ def main() -> int:
     from mgen.bench.joint import markdown_table, run_joint_benchmark, toy_joint_experiment, write_report
     from mgen.train.tasks import build_training
 
-    entry = registry.load_config_file(ROOT / "configs" / "joint-dlm-text.yaml")
+    entry = registry.load_config_file(args.config)
     out = ROOT / "mgen" / "weights" / entry.weights.package
     if not args.bench_only:
         t0 = time.time()

@@ -134,9 +134,15 @@ def point_link(final: Path) -> None:
     os.replace(tmp, link)
 
 
-def prune(run_dir: str | os.PathLike, keep: Path) -> None:
-    """Delete every checkpoint folder in ``run_dir`` but ``keep`` (older ones, and legacy ``.checkpoint-old``)."""
+def prune(run_dir: str | os.PathLike, keep: Path, keep_every: int = 0) -> None:
+    """Delete every checkpoint folder in ``run_dir`` but ``keep`` (older ones, and legacy ``.checkpoint-old``);
+    with ``keep_every`` > 0 the folders of steps divisible by it stay too (a learning curve's snapshots)."""
     d = Path(run_dir)
+
+    def kept_step(p: Path) -> bool:
+        tail = p.name[len(PREFIX):]
+        return keep_every > 0 and p.name.startswith(PREFIX) and tail.isdigit() and int(tail) % keep_every == 0
+
     for p in [*d.glob(f"{PREFIX}*"), *(d / name for name in LEGACY)]:
-        if p != keep and p.is_dir() and not p.is_symlink():
+        if p != keep and p.is_dir() and not p.is_symlink() and not kept_step(p):
             shutil.rmtree(p, ignore_errors=True)

@@ -82,6 +82,7 @@ class TrainConfig:
     mixed_precision: str = "auto"  # "auto" (accelerate's setting, else bf16 on GPU, none on CPU), "no", "bf16", "fp16"
     gradient_checkpointing: bool = False
     checkpoint_every: int = 500
+    keep_every: int = 0  # also keep checkpoint-N for every N divisible by this (learning curves); 0 = newest only
     sample_every: int = 0
     log_every: int = 10
     seed: int = 0
@@ -151,6 +152,7 @@ class TrainConfig:
         if self.plot is not None and not isinstance(self.plot, bool):
             raise bad("plot", "true, false or unset")
         integer("checkpoint_every", 1)
+        integer("keep_every", 0)
         integer("sample_every", 0)
         integer("log_every", 1)
         integer("seed", 0, high=2**63 - 1)
@@ -395,7 +397,7 @@ class Trainer:
             self._save_point("published")
             ckpt.point_link(final)
             self._save_point("linked")
-            ckpt.prune(self.out_dir, keep=final)
+            ckpt.prune(self.out_dir, keep=final, keep_every=self.config.keep_every)
             self._save_point("pruned")
         acc.wait_for_everyone()
         return final
