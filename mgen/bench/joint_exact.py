@@ -17,9 +17,16 @@ interval needed). Rows:
 Cost: full forwards and layer passes per token (expected values under each law), and full-forward-equivalent
 FLOPs per token = (forwards + r · passes) / length with r = FLOPs(layer pass) / FLOPs(full forward), counted by
 :func:`mgen.bench.flops.count_flops`. Distances to p: TV, reverse KL(q ‖ p) (expectation over the method's own
-strings) and forward KL(p ‖ q) (over exact strings). The toy data: the first half uniform, the second half a copy
-of it (each copied token replaced by a uniform one with probability ``noise``), so positions i and i+4 are
-strongly dependent and sampling them together from marginals is wrong.
+strings) and forward KL(p ‖ q) (over exact strings). The toy data (``--structure``):
+
+- ``copy`` (default): the first half uniform, the second half a copy of it (each copied token replaced by a
+  uniform one with probability ``noise``), so positions i and i+4 are strongly dependent and sampling them together
+  from marginals is wrong. With k = 4 the lowest-entropy picks of the first step are the (independent) first half
+  and of the second step the (then determined) second half, so marginal k = 4 is almost exact there: no gap to
+  close at that k.
+- ``chain``: a sticky Markov chain, x_0 uniform and x_{i+1} = x_i except with probability ``noise`` a uniform
+  token, so every pair of neighbours is dependent and any k > 1 positions sampled together from marginals are
+  wrong, at every step (the several-step toy of the issue: k < length, a real gap at every k).
 """
 
 from __future__ import annotations
@@ -44,8 +51,21 @@ TOY_ARCH = dict(vocab_size=5, dim=32, depth=2, num_heads=2, mlp_hidden=64, max_l
                 pad_id=0, seq_len=8)
 
 
-def toy_data(n: int, length: int, noise: float, generator: torch.Generator) -> torch.Tensor:
-    """(n, length) strings: a uniform first half and a noisy copy of it as the second half."""
+STRUCTURES = ("copy", "chain")
+
+
+def toy_data(n: int, length: int, noise: float, generator: torch.Generator, structure: str = "copy") -> torch.Tensor:
+    """(n, length) strings: ``copy``, a uniform first half and a noisy copy of it as the second half; ``chain``, a
+    sticky Markov chain (module docstring)."""
+    if structure == "chain":
+        x = torch.empty(n, length, dtype=torch.long)
+        x[:, 0] = torch.randint(0, V_REAL, (n,), generator=generator)
+        for i in range(1, length):
+            fresh = torch.rand(n, generator=generator) < noise
+            x[:, i] = torch.where(fresh, torch.randint(0, V_REAL, (n,), generator=generator), x[:, i - 1])
+        return x
+    if structure != "copy":
+        raise ValueError(f"unknown toy structure {structure!r}; one of {STRUCTURES}")
     half = length // 2
     first = torch.randint(0, V_REAL, (n, half), generator=generator)
     second = first.clone()
@@ -54,13 +74,14 @@ def toy_data(n: int, length: int, noise: float, generator: torch.Generator) -> t
     return torch.cat([first, second], 1)
 
 
-def train_base(steps: int, length: int, noise: float, seed: int, batch: int = 256) -> MaskedDiffusionLM:
+def train_base(steps: int, length: int, noise: float, seed: int, batch: int = 256,
+               structure: str = "copy") -> MaskedDiffusionLM:
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = MaskedDiffusionLM(DLMConfig(**TOY_ARCH))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     for _ in range(steps):
-        loss = masked_diffusion_loss(model, toy_data(batch, length, noise, g), MASK, g)
+        loss = masked_diffusion_loss(model, toy_data(batch, length, noise, g, structure), MASK, g)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -215,6 +236,8 @@ def command_line(args: argparse.Namespace) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--length", type=int, default=8)
     p.add_argument("--noise", type=float, default=0.1)
+    p.add_argument("--structure", choices=STRUCTURES, default="copy",
+                   help="toy data: copy (second half copies the first) or chain (sticky Markov chain)")
     p.add_argument("--base-steps", type=int, default=1500)
     p.add_argument("--layer-steps", type=int, default=600)
     p.add_argument("--trajectories", type=int, default=4096)
@@ -230,7 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(max(1, int(args.threads)))
     t0 = time.time()
     L = args.length
-    base = train_base(args.base_steps, L, args.noise, args.seed)
+    base = train_base(args.base_steps, L, args.noise, args.seed, structure=args.structure)
     t_base = time.time() - t0
     layer = train_layer(base, args.layer_k, args.layer_steps, args.trajectories, L, args.seed)
     t_layer = time.time() - t0 - t_base
@@ -258,7 +281,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for r_ in rows:
         if r_["method"] == "adjust" and marg.get(r_["setting"]):
             r_["tv_gap_closed"] = 1 - r_["tv"] / marg[r_["setting"]]
-    data = toy_data(20000, L, args.noise, torch.Generator().manual_seed(args.seed + 7))
+    data = toy_data(20000, L, args.noise, torch.Generator().manual_seed(args.seed + 7), args.structure)
     p_data = torch.zeros(V_REAL ** L, dtype=torch.float64)
     p_data.index_add_(0, (data * V_REAL ** torch.arange(L - 1, -1, -1)).sum(-1),
                       torch.full((data.shape[0],), 1 / data.shape[0], dtype=torch.float64))
@@ -266,6 +289,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                f"length {L}: {V_REAL ** L} strings)", "layer_cost_ratio_r": r,
                        "layer_trained_for_k": args.layer_k, "base_steps": args.base_steps,
                        "layer_steps": args.layer_steps, "trajectories": args.trajectories, "noise": args.noise,
+                       "structure": args.structure,
                        "seed": args.seed, "command": command_line(args), "exact_tv_to_empirical_data": 0.5 * float((exact.probs - p_data).abs().sum()),
                        "train_seconds": {"base": round(t_base, 1), "layer": round(t_layer, 1)},
                        "seconds": round(time.time() - t0, 1), "machine": machine()},

@@ -87,3 +87,22 @@ def test_frontier_rows_on_a_tiny_model(toy):
     assert abs(by["exact"]["kl_q_p"]) < 1e-9 and abs(by["exact"]["kl_p_q"]) < 1e-9  # measured: replay = sampler
     assert by["marginal"]["forwards_per_token"] == 0.5 and by["adjust"]["passes_per_token"] == 0.5
     assert set(by) == {"exact", "marginal", "adjust", "eb", "eb+adjust"}
+
+
+def test_chain_toy_makes_every_neighbour_pair_dependent():
+    g = torch.Generator().manual_seed(0)
+    x = je.toy_data(20000, 8, 0.2, g, structure="chain")
+    assert x.shape == (20000, 8) and int(x.min()) >= 0 and int(x.max()) < je.V_REAL
+    same = (x[:, 1:] == x[:, :-1]).double().mean(0)
+    # P(x_{i+1} = x_i) = 1 - noise + noise / V = 0.85 for every neighbour pair (uniform would give 0.25)
+    assert torch.allclose(same, torch.full_like(same, 0.85), atol=0.015)
+    first = torch.bincount(x[:, 0], minlength=je.V_REAL).double() / x.shape[0]
+    assert torch.allclose(first, torch.full_like(first, 0.25), atol=0.015)
+    with pytest.raises(ValueError, match="structure"):
+        je.toy_data(4, 8, 0.2, g, structure="tree")
+
+
+def test_copy_toy_is_the_default():
+    a = je.toy_data(64, 8, 0.1, torch.Generator().manual_seed(3))
+    b = je.toy_data(64, 8, 0.1, torch.Generator().manual_seed(3), structure="copy")
+    assert torch.equal(a, b) and (a[:, 4:] == a[:, :4]).double().mean() > 0.85
