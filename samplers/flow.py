@@ -21,6 +21,11 @@ Two time grids (``time_grid``):
 Guidance (Ho & Salimans 2022) is applied only for t in ``guidance_interval`` (Kynkäänniemi et al. 2024),
 on all latent channels (or the first ``guidance_channels``).
 
+Steps: the Euler step (and Heun's predictor) is diffusers' ``FlowMatchEulerDiscreteScheduler.step``
+(x + (σ_{i+1} − σ_i)·v, the same sign convention: v = ε − x, σ = t) on the grid passed through
+``set_timesteps(sigmas=...)``; Heun's corrector is hand-written (see :meth:`FlowSampler.sample`).
+``tests/samplers/test_flow_library_step.py`` holds the previous formula and proves the two equal.
+
 Precision: the state x_t, the noise, the times and the Euler/Heun updates are float32 whatever the model's
 dtype; the model sees x_t cast to its dtype and its velocity is cast back to float32 (guidance included).
 What :meth:`FlowSampler.sample` returns is float32.
@@ -34,6 +39,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 
 from mgen.errors import UserError
 from mgen.samplers.base import per_sample_generators
@@ -131,8 +137,6 @@ class FlowSampler:
     def timesteps(self, shape: tuple[int, ...] = (4, 32, 32)) -> torch.Tensor:
         """The shifted times: N + 1 from 1 to 0 through diffusers' flow-matching scheduler ("uniform"),
         or RAE's N float32 times from 1 to shift(0.001) ("rae")."""
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
         self.validate()
         n = int(self.num_inference_steps)
         if self.time_grid == "rae":
@@ -142,6 +146,21 @@ class FlowSampler:
         sched = FlowMatchEulerDiscreteScheduler(shift=self.resolve_shift(shape))
         sched.set_timesteps(sigmas=np.linspace(1.0, 0.0, n + 1)[:-1])
         return sched.sigmas.to(torch.float64)
+
+    @staticmethod
+    def euler_scheduler(ts: torch.Tensor) -> FlowMatchEulerDiscreteScheduler:
+        """diffusers' flow-matching Euler scheduler holding exactly the grid ``ts`` (from :meth:`timesteps`).
+
+        ``shift=1.0`` because ``ts`` is already shifted (``set_timesteps`` shifts what it is given, and with
+        α = 1 its α·s / (1 + 0·s) returns s bit for bit); the scheduler appends σ = 0 itself, so a grid that
+        ends at 0 (uniform) passes without its last point and RAE's grid (ending at shift(0.001)) whole, its
+        appended 0 never reached. ``ts`` holds float32 values, so ``sched.sigmas`` equals it exactly.
+        ``set_begin_index(0)``: step i uses σ_i, σ_{i+1} without looking the timestep up."""
+        sigmas = ts[:-1] if float(ts[-1]) == 0.0 else ts
+        sched = FlowMatchEulerDiscreteScheduler(shift=1.0)
+        sched.set_timesteps(sigmas=sigmas.to(torch.float32).numpy())
+        sched.set_begin_index(0)
+        return sched
 
     @property
     def total_steps(self) -> int:
@@ -205,11 +224,17 @@ class FlowSampler:
         elif noise.shape[0] != batch_size:
             raise UserError(f"the initial noise holds {noise.shape[0]} samples but the batch is {batch_size}")
         x = noise.to(device=device, dtype=torch.float32)
+        sched = self.euler_scheduler(ts)
         for i in range(len(ts) - 1):
             t, t_next = float(ts[i]), float(ts[i + 1])
             d = self.velocity(model, x, t, y, num_classes, dtype)
-            x_euler = x + (t_next - t) * d
+            # the Euler step (and Heun's predictor): diffusers' x + (σ_{i+1} − σ_i)·v, float32
+            x_euler = sched.step(d, sched.timesteps[i], x, return_dict=False)[0]
             if self.method == "heun" and t_next > 0:  # Heun's 2nd order (Karras et al. 2022, Alg. 1; torchdiffeq heun2)
+                # Hand-written corrector, not diffusers' FlowMatchHeunDiscreteScheduler: that scheduler's
+                # set_timesteps takes no sigmas= (it cannot run the uniform 1 → 0 grid), on RAE's grid it adds a
+                # final Euler step to 0 that the release does not take, and it rebuilds the velocity as
+                # (x − (x − v·σ))/σ, which is not v in float32 (tests/samplers/test_flow_library_step.py measures it).
                 d2 = self.velocity(model, x_euler, t_next, y, num_classes, dtype)
                 x = x + (t_next - t) * 0.5 * (d + d2)
             else:
