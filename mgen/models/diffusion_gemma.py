@@ -19,6 +19,7 @@ from torch import nn
 from mgen.errors import UserError, WeightsError
 
 MODEL_TYPE = "diffusion_gemma"
+HF_CLASS = "DiffusionGemmaForBlockDiffusion"  # the transformers class (5.24)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
 
@@ -42,6 +43,11 @@ class DiffusionGemmaLM(nn.Module):
     """A loaded DiffusionGemma: the transformers model (``hf_model``) and the ids mgen's text path reads.
 
     ``mask_id`` is ``None`` — a uniform-state model has no mask token, so mask-based samplers refuse it.
+
+    In a pipeline folder the component is the transformers model itself (``diffusers_component``: diffusers
+    saves it with transformers' ``save_pretrained`` and ``model_index.json`` lists it as
+    ``["transformers", "DiffusionGemmaForBlockDiffusion"]``); a pipeline given that model back wraps it again
+    (:meth:`adapts`), so a loaded pipeline runs exactly as the one that was saved.
     """
 
     mask_id = None
@@ -59,6 +65,19 @@ class DiffusionGemmaLM(nn.Module):
         pad = getattr(gen, "pad_token_id", None)
         pad = text.pad_token_id if pad is None else pad
         self.pad_id = None if pad is None else int(pad)
+
+    @classmethod
+    def adapts(cls, module: Any) -> bool:
+        """True for a bare transformers ``DiffusionGemmaForBlockDiffusion`` (what a pipeline folder loads)."""
+        if isinstance(module, cls) or not isinstance(module, nn.Module):
+            return False
+        return type(module).__name__ == HF_CLASS and looks_like_config(
+            {"model_type": getattr(getattr(module, "config", None), "model_type", "")})
+
+    @property
+    def diffusers_component(self) -> nn.Module:
+        """The module a diffusers pipeline saves in this adapter's place (the transformers model)."""
+        return self.hf_model
 
     @property
     def canvas_length(self) -> int:

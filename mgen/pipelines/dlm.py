@@ -47,6 +47,7 @@ from diffusers.utils import BaseOutput
 
 from mgen import hub, registry
 from mgen.errors import UserError, WeightsError
+from mgen.models.diffusion_gemma import DiffusionGemmaLM
 from mgen.models.dlm import MaskedDiffusionLM, read_metadata, tokenizer_path
 from mgen.models.dlm_adapters import load_hf_dlm
 from mgen.models.dlm_data import TextTokenizer
@@ -76,6 +77,34 @@ LOAD_KWARGS = ("low_cpu_mem_usage", "device_map", "variant", "use_safetensors", 
                "use_flashpack", "force_download", "proxies", "token", "custom_pipeline", "custom_revision",
                "dduf_file", "load_connected_pipeline", "return_cached_folder", "quantization_config",
                "output_loading_info")
+
+#: adapters whose pipeline component is the transformers model they wrap (``diffusers_component``): diffusers
+#: saves and loads that model with transformers' rule, and the pipeline wraps it again (``adapts``)
+COMPONENT_ADAPTERS: tuple[type, ...] = (DiffusionGemmaLM,)
+
+
+def adapted(model: Any) -> Any:
+    """``model`` in the adapter that drives it (a bare transformers model a pipeline folder loaded), else as is."""
+    adapter = next((a for a in COMPONENT_ADAPTERS if a.adapts(model)), None)
+    return model if adapter is None else adapter(model)
+
+
+def saved_component(module: Any) -> Any:
+    """The module diffusers saves for a component: an adapter's ``diffusers_component``, else the module."""
+    return getattr(module, "diffusers_component", module)
+
+
+def _library_tuple(module: Any) -> tuple[str, str] | None:
+    """``model_index.json``'s ``[library, class]`` for a transformers module, or None (diffusers' own rule).
+
+    diffusers 0.42.1's ``_fetch_class_library_tuple`` takes a module path's second-to-last part for one of its
+    pipeline folders when a folder of that name exists (``transformers.models.diffusion_gemma.modeling_…`` →
+    ``"diffusion_gemma"``, which diffusers then cannot load from); a transformers class is always listed as
+    ``"transformers"``, as diffusers' loader reads it."""
+    cls = type(module)
+    if cls.__module__.split(".")[0] == "transformers":
+        return ("transformers", cls.__name__)
+    return None
 
 
 def sampler_target(sampler: str) -> str:
@@ -149,6 +178,22 @@ def load_text_model(model: str, weights: str | None = None, trust_remote_code: b
         arch = json.loads(meta["mgen_arch"])
     net = MaskedDiffusionLM.from_pretrained(str(res.path), config=arch, torch_dtype=torch_dtype)
     return _placed(net, device), _tokenizer_near(res.path.parent, net)
+
+
+def _check_component_folders(folder: Path, given: dict[str, Any]) -> None:
+    """One :class:`UserError` line for a pipeline folder whose ``model_index.json`` lists a component that has no
+    sub-folder (and that the caller does not pass)."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{folder}/model_index.json: cannot read it ({e})") from None
+    missing = [name for name, value in index.items()
+               if not name.startswith("_") and isinstance(value, (list, tuple)) and value and value[0] is not None
+               and name not in given and not (folder / name).is_dir()]
+    if missing:
+        hint = " (or pass DLMPipeline.from_pretrained(..., tokenizer=…))" if "tokenizer" in missing else ""
+        raise UserError(f"{folder}: pipeline folder without its {', '.join(missing)} folder "
+                        f"(model_index.json lists it){hint}; save the pipeline again")
 
 
 def _placed(module: torch.nn.Module, device: Any) -> torch.nn.Module:
@@ -232,6 +277,7 @@ class DLMPipeline(DiffusionPipeline):
         # (the exact classes in the annotations: diffusers' from_pipe hands over a ModelMixin component only when
         # its type is named there)
         super().__init__()
+        model = adapted(model)
         if scheduler is None:
             k = getattr(joint_sampler, "config", {}).get("tokens_per_step") if joint_sampler is not None else None
             scheduler = settings_for("joint", DEFAULT_SETTINGS, {"tokens_per_step": k}) if joint_sampler is not None \
@@ -267,6 +313,7 @@ class DLMPipeline(DiffusionPipeline):
         tok = load_tokenizer_file(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
         if weights is None and p.is_dir() and (p / "model_index.json").exists():
             extra = {k: v for k, v in (("joint_sampler", layer), ("tokenizer", tok)) if v is not None}
+            _check_component_folders(p, given=extra)
             pipe = super().from_pretrained(os.fspath(p), dtype=torch_dtype, **load_kwargs, **extra)
             if not isinstance(pipe, cls):
                 raise UserError(f"{p}: a {type(pipe).__name__} folder, not a {cls.__name__} one")
@@ -348,13 +395,36 @@ class DLMPipeline(DiffusionPipeline):
         return cls.from_pretrained(model, weights=weights, joint_sampler=joint_sampler,
                                    trust_remote_code=trust_remote_code, device=device, **kwargs)
 
+    def register_modules(self, **kwargs: Any) -> None:
+        """diffusers' ``register_modules``; an adapter is listed as the module it saves (``diffusers_component``),
+        and a transformers class as ``["transformers", class]``."""
+        super().register_modules(**kwargs)
+        for name, module in kwargs.items():
+            if module is None:
+                continue
+            entry = _library_tuple(saved_component(module))
+            if entry is not None:
+                self.register_to_config(**{name: entry})
+
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-        """diffusers' ``save_pretrained`` (every component in its sub-folder); refused, in one line, for a model
-        diffusers cannot save (an adapter of a transformers checkpoint: load its folder again instead)."""
-        if not isinstance(self.model, ModelMixin):
+        """diffusers' ``save_pretrained`` (every component in its sub-folder; an adapted transformers model as that
+        model's own folder); refused, in one line, for a model diffusers cannot save (another adapter of a
+        transformers checkpoint: load its folder again instead)."""
+        from transformers import PreTrainedModel
+
+        component = saved_component(self.model)
+        if not isinstance(component, (ModelMixin, PreTrainedModel)):
             raise UserError(f"this pipeline's model ({type(self.model).__name__}) is a transformers checkpoint "
                             "behind an adapter; it is not saved as a pipeline folder; load its folder again")
-        super().save_pretrained(save_directory, *args, **kwargs)
+        if component is self.model:
+            super().save_pretrained(save_directory, *args, **kwargs)
+            return
+        adapter = self.model
+        self.register_modules(model=component)  # diffusers saves what is registered
+        try:
+            super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.register_modules(model=adapter)
 
     # -- the sampler --------------------------------------------------------------------------------------------
     @property
