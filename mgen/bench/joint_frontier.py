@@ -136,9 +136,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/joint_frontier")
+    p.add_argument("--merge", nargs="+", metavar="RUN.json",
+                   help="instead of sampling: merge the JSON results of runs that split the methods between processes")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "merge", None):
+        return merge_main(args.merge, args.out)
     torch.set_num_threads(max(1, int(args.threads)))
     ks = [int(v) for v in str(args.ks).split(",") if v]
     gammas = [float(v) for v in str(args.gammas).split(",") if v]
@@ -160,7 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         args.bootstrap, log=lambda s: print(s, flush=True))
     for row in rows:
         row["ffe_flops_per_token"] = row["forwards_per_token"] + r * row["passes_per_token"]
-    opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(args).items()))
+    opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(args).items()) if k != "merge")
     result = {"meta": {"what": "sequence KL to the exact (one token per forward, lowest entropy first) law of "
                                f"{args.model}, nats per {args.gen_length}-token string, mean over prompts "
                                "[95% bootstrap CI]", "model": args.model, "joint_sampler": args.joint_sampler,
@@ -169,9 +173,52 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        "seconds": round(time.perf_counter() - t0, 1), "machine": machine()},
               "rows": rows}
     if args.out:
-        write_report(result, args.out, "joint_frontier", title="KL vs FLOPs frontier on dlm-text (exact KLs by "
+        write_report(result, args.out, "joint_frontier", title=f"KL vs FLOPs frontier on {args.model} (exact KLs by "
                      "path replay)")
         _plot(rows, args.out)
+    return result
+
+
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One frontier from runs that split the methods between processes (same model, layer, prompts, length and
+    seed; e.g. ``--ks 2,4 --gammas=`` in one and ``--ks= --gammas 8`` in another): their rows, the exact row once."""
+    if not parts:
+        raise UserError("nothing to merge")
+    keys = ("model", "joint_sampler", "prompts", "gen_length", "layer_cost_ratio_r")
+    first = parts[0]["meta"]
+    for part in parts[1:]:
+        diff = [k for k in keys if part["meta"].get(k) != first.get(k)]
+        if diff:
+            raise UserError(f"cannot merge frontier runs that differ in {', '.join(diff)}")
+    rows, seen = [], set()
+    for part in parts:
+        for row in part["rows"]:
+            key = (row["method"], row["setting"])
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
+    meta = {**first, "command": [p["meta"]["command"] for p in parts],
+            "seconds": max(p["meta"]["seconds"] for p in parts),
+            "note": f"{len(parts)} processes in parallel, one method subset each; seconds: the longest"}
+    return {"meta": meta, "rows": rows}
+
+
+def merge_main(paths: list[str], out: str) -> dict[str, Any]:
+    """``--merge RUN.json …``: read the runs' JSON results, write the merged report and chart to ``out``."""
+    import json
+
+    parts = []
+    for path in paths:
+        try:
+            parts.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read frontier result {path}: {exc}") from None
+        if not isinstance(parts[-1], dict) or "rows" not in parts[-1] or "meta" not in parts[-1]:
+            raise UserError(f"{path} is not a joint-frontier result (no meta/rows)")
+    result = merge_results(parts)
+    model = result["meta"].get("model", "")
+    write_report(result, out, "joint_frontier", title=f"KL vs FLOPs frontier on {model} (exact KLs by path replay)")
+    _plot(result["rows"], out)
     return result
 
 

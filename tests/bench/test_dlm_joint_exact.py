@@ -106,3 +106,36 @@ def test_copy_toy_is_the_default():
     a = je.toy_data(64, 8, 0.1, torch.Generator().manual_seed(3))
     b = je.toy_data(64, 8, 0.1, torch.Generator().manual_seed(3), structure="copy")
     assert torch.equal(a, b) and (a[:, 4:] == a[:, :4]).double().mean() > 0.85
+
+
+def test_frontier_runs_split_by_method_merge_into_one(tmp_path):
+    import json
+
+    from mgen.bench import joint_frontier as jf
+    from mgen.errors import UserError
+
+    meta = {"model": "m", "joint_sampler": "j", "prompts": 4, "gen_length": 4, "layer_cost_ratio_r": 0.2,
+            "seconds": 1.0}
+    exact = {"method": "exact", "setting": "k=1", "kl_q_p": 0.0, "kl_q_p_ci": [0.0, 0.0],
+             "ffe_flops_per_token": 1.0}
+    a = {"meta": {**meta, "command": "a"}, "rows": [exact, {"method": "marginal", "setting": "k=2", "kl_q_p": 1.0,
+                                                            "kl_q_p_ci": [0.8, 1.2], "ffe_flops_per_token": 0.5}]}
+    b = {"meta": {**meta, "command": "b", "seconds": 3.0},
+         "rows": [exact, {"method": "eb", "setting": "γ=8.0", "kl_q_p": 2.0, "kl_q_p_ci": [1.5, 2.5],
+                   "ffe_flops_per_token": 0.4}]}
+    paths = []
+    for name, part in (("a", a), ("b", b)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(part))
+        paths.append(str(tmp_path / f"{name}.json"))
+    res = jf.merge_main(paths, str(tmp_path / "out"))
+    assert [(r["method"], r["setting"]) for r in res["rows"]] == [("exact", "k=1"), ("marginal", "k=2"),
+                                                                    ("eb", "γ=8.0")]
+    assert res["meta"]["command"] == ["a", "b"] and res["meta"]["seconds"] == 3.0
+    assert json.loads((tmp_path / "out" / "joint_frontier.json").read_text())["rows"] == res["rows"]
+    b["meta"]["prompts"] = 8
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    with pytest.raises(UserError, match="prompts"):
+        jf.merge_main(paths, str(tmp_path / "out2"))
+    (tmp_path / "c.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="not a joint-frontier result"):
+        jf.merge_main([str(tmp_path / "c.json")], str(tmp_path / "out3"))
