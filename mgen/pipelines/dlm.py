@@ -5,7 +5,10 @@ Components: ``model`` (:class:`mgen.models.dlm.MaskedDiffusionLM`, or an adapter
 checkpoint's own tokenizer), ``scheduler`` (:class:`mgen.samplers.settings.SamplerSettings`: which sampler runs,
 and its settings) and the optional ``joint_sampler`` (:class:`mgen.models.joint_sampler.JointSamplerLayer`).
 ``save_pretrained(folder)`` writes every component with diffusers' machinery and ``from_pretrained(folder)``
-restores the pipeline, so the same seed gives the same text (docs/ARCHITECTURE.md, "Pipelines").
+restores the pipeline, so the same seed gives the same text (docs/ARCHITECTURE.md, "Pipelines"). An adapter
+with a ``diffusers_component`` (DiffusionGemma, :data:`COMPONENT_ADAPTERS`) is saved as that transformers model
+(``["transformers", "DiffusionGemmaForBlockDiffusion"]`` in ``model_index.json``) and wrapped again on loading;
+other adapters of transformers checkpoints are not saved (their folder is the saved form).
 
 Argument names follow diffusers' ``LLaDA2Pipeline`` (diffusers 0.42.1, with ``BlockRefinementScheduler``) where
 they mean the same thing (``prompt``, ``input_ids``, ``gen_length``, ``block_length``, ``num_inference_steps``,
@@ -410,10 +413,8 @@ class DLMPipeline(DiffusionPipeline):
         """diffusers' ``save_pretrained`` (every component in its sub-folder; an adapted transformers model as that
         model's own folder); refused, in one line, for a model diffusers cannot save (another adapter of a
         transformers checkpoint: load its folder again instead)."""
-        from transformers import PreTrainedModel
-
-        component = saved_component(self.model)
-        if not isinstance(component, (ModelMixin, PreTrainedModel)):
+        component = saved_component(self.model)  # an adapter with a diffusers_component names a saveable one
+        if component is self.model and not isinstance(component, ModelMixin):
             raise UserError(f"this pipeline's model ({type(self.model).__name__}) is a transformers checkpoint "
                             "behind an adapter; it is not saved as a pipeline folder; load its folder again")
         if component is self.model:
