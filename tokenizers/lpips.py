@@ -7,12 +7,26 @@ per-channel weights ("lin" layers). Inputs in [-1, 1] are first shifted/scaled b
 reference implementation (``ScalingLayer``: shift (-.030, -.088, -.188), scale (.458, .448, .450)).
 
 No weights can be downloaded here: pass a file holding both the VGG16 ``features.N.*`` tensors
-(torchvision's ``vgg16`` layout) and the five ``lin{0..4}.model.1.weight`` tensors (the lpips package's
-``vgg.pth`` layout), or two files (VGG16, lin) to :meth:`LPIPS.from_files`.
+(torchvision's ``vgg16`` layout, or the lpips package's ``net.sliceK.N.*``) and the five
+``lin{0..4}.model.1.weight`` tensors (the lpips package's ``vgg.pth`` layout), or two files (VGG16, lin) to
+:meth:`LPIPS.from_files`. :meth:`LPIPS.from_vgg_file` takes only the VGG16 file and reads the lin weights from
+the file the optional ``lpips`` package ships (``lpips/weights/v0.1/vgg.pth``, found without importing it).
+
+Why this module is hand-written rather than ``lpips.LPIPS`` (PyPI ``lpips`` 0.1.4, Zhang et al.'s release): that
+class builds its backbone with torchvision's ``vgg16(pretrained=True)``, which downloads the ImageNet weights
+from the network at construction; mgen runs offline. ``lpips.LPIPS(net="vgg", pnet_rand=True)`` avoids the
+download and loads the shipped lin weights, and with the VGG16 tensors of the same local file copied into its
+``net.sliceK`` it gives the numbers of this module: measured max |Δ| = 1.5e-8 (relative 1.2e-7, float32 CPU,
+16² and 64² inputs; ``tests/tokenizers/test_tokenizers_lpips_package.py``), i.e. rounding only (a 1×1 conv
+there, a weighted channel sum here). Kept anyway: ``lpips`` is not a dependency of mgen (it pulls torchvision
+and scipy and prints on construction), its module is not frozen (its parameters require grad),
+it runs the backbone twice where this runs one batch of both images, and a second code path would have to be
+kept identical. What the package gives offline, its lin weights file, is used by :meth:`LPIPS.from_vgg_file`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -25,6 +39,9 @@ _TAPS = (3, 8, 15, 22, 29)  # indices (in torchvision's vgg16.features) of relu1
 _WIDTHS = (64, 128, 256, 512, 512)
 
 
+# Hand-written, not the lpips package's LPIPS: that one fetches its VGG16 backbone from the network (torchvision
+# pretrained=True) and mgen runs offline; with pnet_rand=True and this module's weights it agrees to 1.5e-8
+# (module docstring; tests/tokenizers/test_tokenizers_lpips_package.py).
 class LPIPS(nn.Module):
     """Frozen LPIPS-VGG distance; ``forward(x, y)`` → (B,) distances for images in [-1, 1]."""
 
@@ -55,6 +72,15 @@ class LPIPS(nn.Module):
         from mgen.hub import load_checkpoint
 
         return cls._from_state({**load_checkpoint(vgg_path), **load_checkpoint(lin_path)}, f"{vgg_path} + {lin_path}")
+
+    @classmethod
+    def from_vgg_file(cls, vgg_path: str | Path) -> "LPIPS":
+        """VGG16 tensors from ``vgg_path``, lin weights from the file the optional ``lpips`` package ships."""
+        shipped = lpips_package_lin_file()
+        if shipped is None:
+            raise WeightsError(f"{vgg_path}: the lin weights come from the lpips package, which is not installed "
+                               "(pip install lpips, or pass its vgg.pth to LPIPS.from_files)")
+        return cls.from_files(vgg_path, shipped)
 
     @classmethod
     def _from_state(cls, sd: dict, what: str) -> "LPIPS":
@@ -98,6 +124,17 @@ class LPIPS(nn.Module):
 
     def train(self, mode: bool = True) -> "LPIPS":
         return super().train(False)  # always frozen
+
+
+def lpips_package_lin_file(version: str = "0.1") -> Path | None:
+    """The lin-layer weights the ``lpips`` package ships for VGG (``lpips/weights/v{version}/vgg.pth``, the
+    path its ``LPIPS.__init__`` loads), or None when the package is not installed. The package is located, not
+    imported (importing it imports torchvision)."""
+    spec = importlib.util.find_spec("lpips")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "weights" / f"v{version}" / "vgg.pth"
+    return path if path.is_file() else None
 
 
 def _slice_of(key: str) -> int:
