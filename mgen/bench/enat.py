@@ -25,13 +25,13 @@ import argparse
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
 from mgen import registry
 from mgen.bench.flops import count_flops
-from mgen.bench.report import machine, write_report
+from mgen.bench.report import ChartPoint, machine, write_chart, write_report
 from mgen.errors import UserError
 from mgen.models.enat import ENAT
 from mgen.models.maskgit import MaskGITTransformer
@@ -136,6 +136,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weights' dtype (bf16/fp16: the sampling arithmetic stays float32)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--out", default="bench", help="output folder for enat_vs_maskgit.json / .md")
+    p.add_argument("--plot", action="store_true",
+                   help="also write enat_vs_maskgit.png: GFLOPs per image vs images/s, one series per model "
+                        "(needs matplotlib: pip install 'mgen[plot]')")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -151,4 +154,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         None if dtype == torch.float32 else dtype)
     j, m = write_results(res, args.out)
     res["written"] = [str(j), str(m)]
+    if getattr(args, "plot", False):
+        res["written"].append(str(chart(res, j.with_suffix(".png"))))
     return res
+
+
+def chart(result: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """GFLOPs per image vs images/s of an ENAT-vs-MaskGIT result as a PNG, one series per model (``maskgit``,
+    ``enat``, ``enat-no-reuse``), each point labelled with its parameter count. The benchmark runs random weights,
+    so its "quality" axis is the compute it reports (lower is better); a result without those rows is one
+    UserError."""
+    rows = [r for r in result.get("rows", []) if all(r.get(k) is not None for k in ("name", "images_per_s", "gflops_per_image"))]
+    if not rows:
+        raise UserError("this ENAT result has no rows with name, images_per_s and gflops_per_image to chart")
+    series: dict[str, list[ChartPoint]] = {}
+    for r in rows:
+        label = f"{r['params_M']:g}M params" if r.get("params_M") is not None else None
+        series.setdefault(str(r["name"]), []).append(
+            ChartPoint(float(r["images_per_s"]), float(r["gflops_per_image"]), label=label))
+    m = result.get("meta", {})
+    title = (f"ENAT vs MaskGIT ({m.get('size', '?')}, {m.get('num_steps', '?')} steps, cfg {m.get('cfg', '?')}, "
+             f"{m.get('device', '?')}, batch {m.get('batch_size', '?')}, {str(m.get('dtype', '?')).replace('torch.', '')})")
+    return write_chart(series, path, "images / s", "generator GFLOPs per image (lower is better)", title=title,
+                       connect=False)

@@ -18,15 +18,16 @@ from __future__ import annotations
 import argparse
 import copy
 import inspect
+import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
 from mgen import registry
 from mgen.bench.flops import count_call_flops, count_flops
-from mgen.bench.report import machine, write_report
+from mgen.bench.report import ChartPoint, machine, write_chart, write_report
 from mgen.errors import UserError
 from mgen.eval.digits import digits_metrics
 from mgen.families import Family, get_family
@@ -65,6 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench", help="folder for recap-<model>.json / .md")
+    p.add_argument("--plot", action="store_true",
+                   help="also write recap-<model>.png: quality (digits-FID, else GFLOPs per image) vs images/s, "
+                        "one point per setting (needs matplotlib: pip install 'mgen[plot]')")
 
 
 def _check_family(family: Family, model: str) -> None:
@@ -217,4 +221,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
              f"{args.repeats} timed batches")
     j, m = write_report(result, args.out, stem, title=title)
     result["written"] = [str(j), str(m)]
+    if getattr(args, "plot", False):
+        result["written"].append(str(chart(result, j.with_suffix(".png"))))
     return result
+
+
+#: the y axis of a ReCAP chart, in order of preference: (row key, axis label)
+CHART_METRICS = (("digits_fid", "digits-FID (lower is better)"),
+                 ("gflops_per_image", "transformer GFLOPs per image (no quality measured)"))
+
+
+def chart(result: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Quality vs images/s of a ReCAP result as a PNG: one series per sampler (``full`` is the no-ReCAP baseline,
+    then ``recap`` and MAR's ``recap+head…``), one point per total step count K (labelled ``K=…`` and ReCAP's ``pre_full_steps``). The quality is
+    digits-FID where every row has it (the shipped digits models with ``--quality-samples``), else the
+    transformer GFLOPs per image (random weights: speed only). A result without such rows is one UserError."""
+    rows = [r for r in result.get("rows", []) if "images_per_s" in r and "sampler" in r]
+    if not rows:
+        raise UserError("this ReCAP result has no rows with sampler and images_per_s to chart")
+    key, ylabel = next(((k, lab) for k, lab in CHART_METRICS if all(r.get(k) is not None for r in rows)),
+                       (None, None))
+    if key is None:
+        raise UserError("this ReCAP result's rows have neither digits_fid nor gflops_per_image to chart")
+    series: dict[str, list[ChartPoint]] = {}
+    for r in rows:
+        name = "full (no ReCAP)" if r["sampler"] == "full" else str(r["sampler"])
+        label = f"K={r.get('K')}"
+        if r["sampler"] != "full" and r.get("pre_full_steps") is not None:
+            label += f", pre {r['pre_full_steps']}"
+        series.setdefault(name, []).append(ChartPoint(float(r["images_per_s"]), float(r[key]), label=label))
+    meta = result.get("meta", {})
+    title = (f"ReCAP: {meta.get('model', '?')}{' (random weights)' if meta.get('random_weights') else ''}, "
+             f"{meta.get('device', '?')}, {meta.get('threads', '?')} threads, batch {meta.get('batch_size', '?')}")
+    if key == "digits_fid" and rows[0].get("quality_samples"):
+        title += f", {rows[0]['quality_samples']} samples"
+    return write_chart(series, path, "images / s", ylabel, title=title)

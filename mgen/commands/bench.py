@@ -7,15 +7,22 @@ the machine) and this command prints the result's rows.
     mgen bench sample --model mar-digits --steps 16 --batch-size 16
     mgen bench sample --model mar-b --random-weights --steps 16 --batch-size 8 --dtype bf16
     mgen bench fid | recap | enat | joint | joint-exact | joint-frontier …
+    mgen bench recap --model maskgit-digits --quality-samples 300 --plot     # + recap-maskgit-digits.png
+    mgen bench plot benchmarks/recap/recap-maskgit-digits.json [--out PNG]   # a chart of a result, no re-run
+
+``--plot`` (where a benchmark offers it) and ``mgen bench plot`` need matplotlib (``pip install 'mgen[plot]'``);
+without it they are refused in one line before any benchmark work runs. ``mgen bench plot`` dispatches on the
+result's ``meta.bench`` to that benchmark module's ``chart(result, path)``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+from pathlib import Path
 from typing import Any
 
-from mgen.bench.report import markdown_table
+from mgen.bench.report import markdown_table, read_result, require_plot
 from mgen.errors import UserError
 
 HELP = "benchmarks (speed, memory, quality) measured on this machine; writes JSON + a markdown table"
@@ -32,24 +39,53 @@ BENCHES: dict[str, str] = {
 }
 
 
+#: the subcommand that draws a chart of an existing result (not a benchmark)
+PLOT = "plot"
+
+
 def _module(name: str) -> Any:
     return importlib.import_module(BENCHES[name])
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="bench", metavar="{" + ",".join(BENCHES) + "}", parser_class=type(p))
+    sub = p.add_subparsers(dest="bench", metavar="{" + ",".join([*BENCHES, PLOT]) + "}", parser_class=type(p))
     for name in BENCHES:
         mod = _module(name)
         sp = sub.add_parser(name, help=(mod.__doc__ or name).strip().splitlines()[0])
         mod.add_arguments(sp)
         if "--no-progress" not in sp._option_string_actions:
             sp.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    charted = [n for n in BENCHES if callable(getattr(_module(n), "chart", None))]
+    sp = sub.add_parser(PLOT, help=f"draw the chart of an existing result JSON ({', '.join(charted)}) without "
+                                   "re-running it (needs matplotlib)")
+    sp.add_argument("result", help="a result JSON written by mgen bench (its meta.bench says which benchmark)")
+    sp.add_argument("--out", default=None, help="the PNG to write (default: beside the JSON, same name, .png)")
+
+
+def plot_result(path: str, out: str | None = None) -> Path:
+    """Chart of the result JSON ``path`` (kind: its ``meta.bench``) by that benchmark module's ``chart``; written
+    to ``out`` or beside the JSON. Not a result, a benchmark without a chart, rows a chart cannot use: one
+    UserError, and no PNG is written."""
+    require_plot("mgen bench plot")
+    kind, result = read_result(path)
+    mod = _module(kind) if kind in BENCHES else None
+    chart = getattr(mod, "chart", None)
+    if not callable(chart):
+        have = [n for n in BENCHES if callable(getattr(_module(n), "chart", None))]
+        raise UserError(f"{path}: a {kind!r} result has no chart (charts exist for: {', '.join(have)})")
+    target = Path(out).expanduser() if out else Path(path).expanduser().with_suffix(".png")
+    return chart(result, target)
 
 
 def run(args: argparse.Namespace) -> int:
     name = getattr(args, "bench", None)
     if name is None:
-        raise UserError(f"usage: mgen bench {{{','.join(BENCHES)}}} ... (see mgen bench --help)")
+        raise UserError(f"usage: mgen bench {{{','.join([*BENCHES, PLOT])}}} ... (see mgen bench --help)")
+    if name == PLOT:
+        print(f"wrote {plot_result(args.result, args.out)}")
+        return 0
+    if getattr(args, "plot", False):
+        require_plot(f"mgen bench {name} --plot")  # refused before any benchmark work runs
     result = _module(name).run(args)
     rows = result.get("rows") if isinstance(result, dict) else None
     if rows:
