@@ -20,9 +20,11 @@ import argparse
 import os
 import pickle
 import zipfile
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -56,12 +58,47 @@ def safe_globals() -> list[Any]:
     return [argparse.Namespace, *_numpy_globals()]
 
 
+#: called with (path, loaded mapping) after every successful :func:`load_checkpoint` (see :func:`observe_loads`)
+LoadObserver = Callable[[Path, dict[str, Any]], None]
+_LOAD_OBSERVERS: ContextVar[tuple[LoadObserver, ...]] = ContextVar("mgen_load_observers", default=())
+
+
+@contextmanager
+def observe_loads(fn: LoadObserver) -> Iterator[None]:
+    """Within the block, ``fn(path, mapping)`` runs after each :func:`load_checkpoint` (``mgen convert``'s
+    progress bar counts the tensors read this way, without the converters knowing)."""
+    token = _LOAD_OBSERVERS.set(_LOAD_OBSERVERS.get() + (fn,))
+    try:
+        yield
+    finally:
+        _LOAD_OBSERVERS.reset(token)
+
+
+def count_tensors(obj: Any) -> tuple[int, int]:
+    """(number of tensors, bytes) in a loaded checkpoint, nested dicts / lists included."""
+    if isinstance(obj, torch.Tensor):
+        return 1, obj.numel() * obj.element_size()
+    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+    n = size = 0
+    for v in items:
+        a, b = count_tensors(v)
+        n, size = n + a, size + b
+    return n, size
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a weights file safely and return its top-level mapping.
 
     safetensors files give their tensors; pickled PyTorch files give whatever dict they hold (e.g.
-    ``{"model": ..., "model_ema": ..., "args": Namespace(...)}``).
+    ``{"model": ..., "model_ema": ..., "args": Namespace(...)}``). Observers of :func:`observe_loads` see it.
     """
+    obj = _load_checkpoint(path)
+    for fn in _LOAD_OBSERVERS.get():
+        fn(Path(path), obj)
+    return obj
+
+
+def _load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")

@@ -4,6 +4,11 @@ The kinds come from the families table (:func:`mgen.families.converters`): each 
 it loads and has the signature ``fn(src, out, force=False, **opts)``; it builds ``out`` in a temporary sibling
 folder and renames it into place (``mgen.fileio.atomic_dir``), so a killed run leaves no half-written folder and
 ``--force`` replaces only a folder mgen wrote. ``--opt key=value`` pairs are the converter's options.
+
+Progress: a tqdm bar on stderr over the two stages of every conversion, reading (each checkpoint the converter
+loads through :func:`mgen.hub.load_checkpoint` is counted in the bar: files, tensors, bytes) and converting +
+writing (done when the converter returns; the bar then names what was written). ``--no-progress`` silences it, as
+in ``mgen sample`` / ``mgen bench``; without a terminal on stderr it is not drawn.
 """
 
 from __future__ import annotations
@@ -13,8 +18,11 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from mgen.errors import UserError
 from mgen.families import converters, import_target
+from mgen.hub import count_tensors, observe_loads
 
 HELP = "convert official checkpoints to safetensors pipeline folders"
 
@@ -88,6 +96,39 @@ def run(args: argparse.Namespace) -> int:
     check_options(args.kind, fn, opts)
     if "force" in inspect.signature(fn).parameters:
         opts["force"] = bool(args.force)
-    fn(src, out, **opts)
+    with progress_bar(args.kind, disable=True if args.no_progress else None) as bar:
+        read = {"files": 0, "tensors": 0, "bytes": 0}
+
+        def on_load(path: Path, obj: dict[str, Any]) -> None:
+            n, size = count_tensors(obj)
+            read["files"], read["tensors"], read["bytes"] = read["files"] + 1, read["tensors"] + n, read["bytes"] + size
+            if bar.n == 0:
+                bar.update(1)
+                bar.set_description(f"convert {args.kind}: converting + writing")
+            bar.set_postfix_str(f"read {read['files']} file(s), {read['tensors']} tensors, {_size(read['bytes'])}")
+
+        with observe_loads(on_load):
+            fn(src, out, **opts)
+        bar.update(bar.total - bar.n)
+        written = [p for p in out.rglob("*") if p.is_file()] if out.is_dir() else []
+        bar.set_description(f"convert {args.kind}: done")
+        bar.set_postfix_str(f"wrote {len(written)} file(s), {_size(sum(p.stat().st_size for p in written))}")
     print(f"wrote {out}")
     return 0
+
+
+def progress_bar(kind: str, disable: bool | None) -> tqdm:
+    """The conversion's bar: 2 stages (read; convert + write), on stderr, hidden by ``--no-progress``.
+
+    ``disable=None`` (no ``--no-progress``): tqdm shows it only when stderr is a terminal, so an error a converter
+    raises stays the one line ``mgen.cli`` prints in logs and pipes (the bar's ``\r`` redraws would precede it)."""
+    return tqdm(total=2, desc=f"convert {kind}: reading", unit="stage", disable=disable, leave=False,
+                dynamic_ncols=True)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
