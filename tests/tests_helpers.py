@@ -28,3 +28,16 @@ def tiny_mar_pipeline(seed: int = 0):
     pipe = MARPipeline(tokenizer=tok, transformer=m.eval(), scheduler=settings)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def official_mar_checkpoint(tmp_path) -> tuple:
+    """The tiny MAR of :func:`tiny_mar_pipeline` saved as an official LTH14/mar ``.pth`` (``model``, ``model_ema``,
+    ``args``) in ``tmp_path``: (path, number of tensors in the file)."""
+    import argparse
+
+    sd = tiny_mar_pipeline().transformer.state_dict()
+    ckpt = tmp_path / "tiny.pth"
+    torch.save({"model": sd, "model_ema": sd, "args": argparse.Namespace(
+        model="custom", img_size=16, vae_stride=4, buffer_size=2, diffloss_d=1, diffloss_w=32, class_num=10,
+        vae_embed_dim=16, patch_size=1, num_sampling_steps="10", diffusion_batch_mul=2)}, ckpt)
+    return ckpt, 2 * len(sd)

@@ -12,6 +12,7 @@ import torch
 
 from mgen.cli import main
 from mgen.commands import convert
+from tests_helpers import official_mar_checkpoint
 
 
 class _Terminal(io.StringIO):
@@ -19,19 +20,8 @@ class _Terminal(io.StringIO):
         return True
 
 
-def _official_mar(tmp_path):
-    from tests_helpers import tiny_mar_pipeline
-
-    sd = tiny_mar_pipeline().transformer.state_dict()
-    ckpt = tmp_path / "tiny.pth"
-    torch.save({"model": sd, "model_ema": sd, "args": argparse.Namespace(
-        model="custom", img_size=16, vae_stride=4, buffer_size=2, diffloss_d=1, diffloss_w=32, class_num=10,
-        vae_embed_dim=16, patch_size=1, num_sampling_steps="10", diffusion_batch_mul=2)}, ckpt)
-    return ckpt, 2 * len(sd)
-
-
 def _convert(monkeypatch, tmp_path, *extra):
-    ckpt, n_tensors = _official_mar(tmp_path)
+    ckpt, n_tensors = official_mar_checkpoint(tmp_path)
     term = _Terminal()
     monkeypatch.setattr(sys, "stderr", term)
     code = main(["convert", "mar", str(ckpt), str(tmp_path / "out"), *extra])
@@ -66,14 +56,14 @@ def test_flag_exists_and_the_bar_is_built_enabled(monkeypatch, tmp_path):
         return real(kind, disable)
 
     monkeypatch.setattr(convert, "progress_bar", spy)
-    ckpt, _ = _official_mar(tmp_path)
+    ckpt, _ = official_mar_checkpoint(tmp_path)
     assert main(["convert", "mar", str(ckpt), str(tmp_path / "a")]) == 0
     assert main(["convert", "mar", str(ckpt), str(tmp_path / "b"), "--no-progress"]) == 0
     assert seen == [None, True]  # None: tqdm draws it whenever stderr is a terminal
 
 
 def test_not_drawn_into_a_pipe(capsys, tmp_path):
-    ckpt, _ = _official_mar(tmp_path)
+    ckpt, _ = official_mar_checkpoint(tmp_path)
     assert main(["convert", "mar", str(ckpt), str(tmp_path / "out")]) == 0
     cap = capsys.readouterr()
     assert cap.err == "" and cap.out.strip() == f"wrote {tmp_path / 'out'}"

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from mgen.cli import main
+from tests_helpers import official_mar_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -137,21 +138,8 @@ def test_sample_out_under_a_regular_file(capsys, tmp_path):
     assert_one_line(code, err, "cannot write")
 
 
-def _official_mar(tmp_path):
-    import argparse
-
-    from tests_helpers import tiny_mar_pipeline
-
-    sd = tiny_mar_pipeline().transformer.state_dict()
-    ckpt = tmp_path / "tiny.pth"
-    torch.save({"model": sd, "model_ema": sd, "args": argparse.Namespace(
-        model="custom", img_size=16, vae_stride=4, buffer_size=2, diffloss_d=1, diffloss_w=32, class_num=10,
-        vae_embed_dim=16, patch_size=1, num_sampling_steps="10", diffusion_batch_mul=2)}, ckpt)
-    return ckpt
-
-
 def test_convert_out_under_a_regular_file_and_unknown_option(capsys, tmp_path):
-    ckpt = _official_mar(tmp_path)
+    ckpt, _ = official_mar_checkpoint(tmp_path)
     (tmp_path / "f").write_text("x")
     code, _, err = run_cli(capsys, "convert", "mar", ckpt, tmp_path / "f" / "out")
     assert_one_line(code, err, "regular file")
@@ -162,7 +150,7 @@ def test_convert_out_under_a_regular_file_and_unknown_option(capsys, tmp_path):
 
 
 def test_convert_mar_without_tokenizer_writes_a_loadable_folder(capsys, tmp_path):
-    ckpt = _official_mar(tmp_path)
+    ckpt, _ = official_mar_checkpoint(tmp_path)
     code, out, err = run_cli(capsys, "convert", "mar", ckpt, tmp_path / "out")
     assert code == 0, err
     index = json.loads((tmp_path / "out" / "model_index.json").read_text())
@@ -176,7 +164,7 @@ def test_convert_mar_without_tokenizer_writes_a_loadable_folder(capsys, tmp_path
 
 
 def test_convert_force_replaces_only_mgen_output(capsys, tmp_path):
-    ckpt = _official_mar(tmp_path)
+    ckpt, _ = official_mar_checkpoint(tmp_path)
     other = tmp_path / "mine"
     other.mkdir()
     (other / "thesis.tex").write_text("precious")
@@ -194,7 +182,7 @@ def test_convert_force_replaces_only_mgen_output(capsys, tmp_path):
 def test_convert_killed_midway_leaves_nothing_and_reruns(capsys, tmp_path, monkeypatch):
     import safetensors.torch
 
-    ckpt = _official_mar(tmp_path)
+    ckpt, _ = official_mar_checkpoint(tmp_path)
     real = safetensors.torch.save_file
 
     def boom(*a, **k):
@@ -231,7 +219,7 @@ def test_full_disk_during_sample(capsys, tmp_path, monkeypatch):
 def test_full_disk_during_convert(capsys, tmp_path, monkeypatch):
     import safetensors.torch
 
-    ckpt = _official_mar(tmp_path)
+    ckpt, _ = official_mar_checkpoint(tmp_path)
     monkeypatch.setattr(safetensors.torch, "save_file", _enospc)
     code, _, err = run_cli(capsys, "convert", "mar", ckpt, tmp_path / "out")
     assert_one_line(code, err, "out", "No space left")
