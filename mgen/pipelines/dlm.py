@@ -55,6 +55,7 @@ from mgen.models.dlm import MaskedDiffusionLM, read_metadata, tokenizer_path
 from mgen.models.dlm_adapters import load_hf_dlm
 from mgen.models.dlm_data import TextTokenizer
 from mgen.models.joint_sampler import JointSamplerLayer
+from mgen.resolver import pipeline_index
 from mgen.samplers.settings import SamplerSettings
 
 #: sampler names of the ``sampler=`` argument (and ``--sampler``) → ``"module:Class"``
@@ -186,10 +187,7 @@ def load_text_model(model: str, weights: str | None = None, trust_remote_code: b
 def _check_component_folders(folder: Path, given: dict[str, Any]) -> None:
     """One :class:`UserError` line for a pipeline folder whose ``model_index.json`` lists a component that has no
     sub-folder (and that the caller does not pass)."""
-    try:
-        index = json.loads((folder / "model_index.json").read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{folder}/model_index.json: cannot read it ({e})") from None
+    index = pipeline_index(folder)
     missing = [name for name, value in index.items()
                if not name.startswith("_") and isinstance(value, (list, tuple)) and value and value[0] is not None
                and name not in given and not (folder / name).is_dir()]
