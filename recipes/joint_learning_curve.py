@@ -42,8 +42,7 @@ def main() -> int:
     from mgen import registry
     from mgen.bench.joint import exact_log_prob
     from mgen.bench.joint_frontier import layer_cost_ratio
-    from mgen.bench.report import machine, write_report
-    from mgen.fileio import atomic_write
+    from mgen.bench.report import ChartPoint, machine, plot_available, write_chart, write_report
     from mgen.models.joint_sampler import JointSamplerLayer, load_base
     from mgen.samplers.joint import JointSampler
     from mgen.train import checkpoint as ckpt
@@ -95,29 +94,11 @@ def main() -> int:
                        "command": f"python recipes/joint_learning_curve.py {opts}",
                        "seconds": round(time.perf_counter() - t0, 1), "machine": machine()}, "rows": rows}
     write_report(result, args.out, "joint_learning_curve", title=f"ADJUST learning curve ({entry.name})")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return 0
-    fig, ax = plt.subplots(figsize=(5.0, 3.5))
-    for k in ks:
-        pts = [rw for rw in rows if rw["k"] == k]
-        lo = [rw["gap_closed"] - rw["gap_closed_ci"][0] for rw in pts]
-        hi = [rw["gap_closed_ci"][1] - rw["gap_closed"] for rw in pts]
-        ax.errorbar([rw["step"] for rw in pts], [rw["gap_closed"] for rw in pts], yerr=[lo, hi], marker="o",
-                    capsize=3, label=f"k={k}")
-    ax.set_xlabel("layer training steps")
-    ax.set_ylabel("KL gap closed (1 − KL_adjust / KL_marginal)")
-    ax.set_title(f"{entry.name}: r = {r:.2f}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_write(Path(args.out) / "joint_learning_curve.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    if plot_available():
+        series = {f"k={k}": [ChartPoint(rw["step"], rw["gap_closed"], low=rw["gap_closed_ci"][0],
+                                        high=rw["gap_closed_ci"][1]) for rw in rows if rw["k"] == k] for k in ks}
+        write_chart(series, Path(args.out) / "joint_learning_curve.png", "layer training steps",
+                    "KL gap closed (1 − KL_adjust / KL_marginal)", title=f"{entry.name}: r = {r:.2f}")
     return 0
 
 
