@@ -47,6 +47,11 @@ def _module(name: str) -> Any:
     return importlib.import_module(BENCHES[name])
 
 
+def charted_benches() -> list[str]:
+    """The benchmarks whose module offers ``chart(result, path)`` (what ``mgen bench plot`` can draw)."""
+    return [n for n in BENCHES if callable(getattr(_module(n), "chart", None))]
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="bench", metavar="{" + ",".join([*BENCHES, PLOT]) + "}", parser_class=type(p))
     for name in BENCHES:
@@ -55,8 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         mod.add_arguments(sp)
         if "--no-progress" not in sp._option_string_actions:
             sp.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    charted = [n for n in BENCHES if callable(getattr(_module(n), "chart", None))]
-    sp = sub.add_parser(PLOT, help=f"draw the chart of an existing result JSON ({', '.join(charted)}) without "
+    sp = sub.add_parser(PLOT, help=f"draw the chart of an existing result JSON ({', '.join(charted_benches())}) without "
                                    "re-running it (needs matplotlib)")
     sp.add_argument("result", help="a result JSON written by mgen bench (its meta.bench says which benchmark)")
     sp.add_argument("--out", default=None, help="the PNG to write (default: beside the JSON, same name, .png)")
@@ -71,8 +75,7 @@ def plot_result(path: str, out: str | None = None) -> Path:
     mod = _module(kind) if kind in BENCHES else None
     chart = getattr(mod, "chart", None)
     if not callable(chart):
-        have = [n for n in BENCHES if callable(getattr(_module(n), "chart", None))]
-        raise UserError(f"{path}: a {kind!r} result has no chart (charts exist for: {', '.join(have)})")
+        raise UserError(f"{path}: a {kind!r} result has no chart (charts exist for: {', '.join(charted_benches())})")
     target = Path(out).expanduser() if out else Path(path).expanduser().with_suffix(".png")
     return chart(result, target)
 
