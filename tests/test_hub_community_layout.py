@@ -69,8 +69,6 @@ def test_other_mar_layouts_are_refused_in_one_line(tmp_path, layout):
     _one_line_naming(e.value, path)
 
 
-@pytest.mark.xfail(strict=True, reason="mgen/models/mar.py config_from_state_dict: 'not a MAR state dict: missing "
-                   "...' does not name the file when no config is given (a bare --model FILE); one line, though")
 @pytest.mark.parametrize("layout", ["model-prefix"])
 def test_other_mar_layouts_without_config_name_the_file(tmp_path, layout):
     _, sd, _ = _mar()

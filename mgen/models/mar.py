@@ -578,15 +578,20 @@ class MAR(ModelMixin, ConfigMixin):
         ckpt = load_checkpoint(p)
         state, args, meta_cfg = _extract_state(ckpt, p, ema)
         want = resolve_config(config)
-        if want is None:
-            if args is not None:
-                want = config_from_args(args, state)
-            elif meta_cfg is not None:
-                want = MARConfig.from_mapping(meta_cfg, where=f"{p}: metadata")
-            else:
-                want = config_from_state_dict(state)
-        elif args is not None:
-            _check_same_arch(config_from_args(args, state), want, p)
+        try:  # inferring the architecture from the tensors: a failure names the file it read
+            if want is None:
+                if args is not None:
+                    want = config_from_args(args, state)
+                elif meta_cfg is not None:
+                    want = MARConfig.from_mapping(meta_cfg, where=f"{p}: metadata")
+                else:
+                    want = config_from_state_dict(state)
+            elif args is not None:
+                _check_same_arch(config_from_args(args, state), want, p)
+        except WeightsError as e:
+            if str(p) in str(e):
+                raise
+            raise WeightsError(f"{p}: {e}") from None
         model = cls.from_config_obj(want)
         _load_state(model, state, p)
         dtype = kwargs.get("torch_dtype")
