@@ -59,19 +59,26 @@ def layer_cost_ratio(base: torch.nn.Module, layer: JointSamplerLayer, length: in
     return one / full
 
 
-def _methods(ks: list[int], gammas: list[float]) -> list[tuple[str, str, dict[str, Any]]]:
+METHODS = ("exact", "marginal", "adjust", "eb", "eb+adjust")
+
+
+def _methods(ks: list[int], gammas: list[float],
+             methods: tuple[str, ...] = METHODS) -> list[tuple[str, str, dict[str, Any]]]:
     out = [("exact", "k=1", {"k": 1, "layer": False})]
     for k in ks:
         out += [("marginal", f"k={k}", {"k": k, "layer": False}), ("adjust", f"k={k}", {"k": k, "layer": True})]
     for g in gammas:
         out += [("eb", f"γ={g}", {"gamma": g, "layer": False}), ("eb+adjust", f"γ={g}", {"gamma": g, "layer": True})]
-    return out
+    return [m for m in out if m[0] in methods]
 
 
 @torch.no_grad()
 def run_frontier(base: torch.nn.Module, layer: JointSamplerLayer, prompts: torch.Tensor, gen_length: int,
                  ks: list[int], gammas: list[float], seed: int, batch_size: int, bootstrap: int,
-                 log: Callable[[str], None] = lambda s: None) -> list[dict[str, Any]]:
+                 log: Callable[[str], None] = lambda s: None,
+                 methods: tuple[str, ...] = METHODS) -> list[dict[str, Any]]:
+    """The frontier's rows. ``methods`` keeps a subset of :data:`METHODS` (every row's seeds depend only on the
+    chunk, so a subset's rows equal the full run's: the layer-free rows can run while the layer trains)."""
     p_len = prompts.shape[1]
     chunks = [prompts[s:s + batch_size] for s in range(0, prompts.shape[0], batch_size)]
 
@@ -91,7 +98,7 @@ def run_frontier(base: torch.nn.Module, layer: JointSamplerLayer, prompts: torch
                for i, c in enumerate(chunks)]
     exact_lp = torch.cat([exact_log_prob(base, x, p_len) for x in exact_x])
     rows = []
-    for name, setting, spec in _methods(ks, gammas):
+    for name, setting, spec in _methods(ks, gammas, methods):
         t0 = time.perf_counter()
         lq_own, lp_own, fwd, passes = [], [], 0, 0
         for i, c in enumerate(chunks):
@@ -135,6 +142,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help="the rows to measure, a subset of " + ",".join(METHODS) + " (merge subsets with --merge)")
     p.add_argument("--out", default="benchmarks/joint_frontier")
     p.add_argument("--merge", nargs="+", metavar="RUN.json",
                    help="instead of sampling: merge the JSON results of runs that split the methods between processes")
@@ -146,6 +155,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(max(1, int(args.threads)))
     ks = [int(v) for v in str(args.ks).split(",") if v]
     gammas = [float(v) for v in str(args.gammas).split(",") if v]
+    methods = tuple(v for v in str(getattr(args, "methods", ",".join(METHODS))).split(",") if v)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise UserError(f"--methods takes a comma list of {', '.join(METHODS)}; got {args.methods!r}")
     if args.prompts < 2 or args.gen_length < 1 or any(not 1 <= k <= args.gen_length for k in ks) or \
             any(g <= 0 for g in gammas):
         raise UserError("need --prompts >= 2, --gen-length >= 1, --ks in 1..gen-length, --gammas > 0")
@@ -161,7 +174,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     r = layer_cost_ratio(base, layer, 16 + args.gen_length)
     rows = run_frontier(base, layer, prompts, args.gen_length, ks, gammas, args.seed, args.batch_size,
-                        args.bootstrap, log=lambda s: print(s, flush=True))
+                        args.bootstrap, log=lambda s: print(s, flush=True), methods=methods)
     for row in rows:
         row["ffe_flops_per_token"] = row["forwards_per_token"] + r * row["passes_per_token"]
     opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(args).items()) if k != "merge")

@@ -87,6 +87,24 @@ def test_frontier_rows_on_a_tiny_model(toy):
     assert abs(by["exact"]["kl_q_p"]) < 1e-9 and abs(by["exact"]["kl_p_q"]) < 1e-9  # measured: replay = sampler
     assert by["marginal"]["forwards_per_token"] == 0.5 and by["adjust"]["passes_per_token"] == 0.5
     assert set(by) == {"exact", "marginal", "adjust", "eb", "eb+adjust"}
+    # a method subset (the layer-free rows, run while the layer trains) measures exactly the full run's rows
+    sub = run_frontier(base, layer, prompts, gen_length=4, ks=[2], gammas=[1.0], seed=0, batch_size=2,
+                       bootstrap=50, methods=("marginal", "eb"))
+    assert [r["method"] for r in sub] == ["marginal", "eb"]
+    for r in sub:
+        assert {k: v for k, v in r.items() if k != "seconds"} == {k: v for k, v in by[r["method"]].items()
+                                                                  if k != "seconds"}
+
+
+def test_frontier_refuses_unknown_methods_in_one_line():
+    from mgen.bench.joint_frontier import add_arguments, run
+    from mgen.errors import UserError
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(UserError, match="--methods") as e:
+        run(parser.parse_args(["--methods", "marginal,greedy", "--out", ""]))
+    assert "\n" not in str(e.value)
 
 
 def test_chain_toy_makes_every_neighbour_pair_dependent():
