@@ -517,7 +517,10 @@ class Trainer:
                         log.write(json.dumps(record) + "\n")
                         log.flush()
                     running, count = 0.0, 0
-                if self.step % c.checkpoint_every == 0 or self.step == end:
+                # a keep_every step is saved even when checkpoint_every does not divide it (else its snapshot,
+                # which pruning would keep, never exists: keep_every 750 with checkpoint_every 100 kept 1500, 3000)
+                if self.step % c.checkpoint_every == 0 or self.step == end or \
+                        (c.keep_every and self.step % c.keep_every == 0):
                     self.save_checkpoint()
                     self.write_curves()
                 if c.sample_every and self.sample_grid is not None and self.step % c.sample_every == 0:

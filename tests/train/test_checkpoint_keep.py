@@ -29,3 +29,12 @@ def test_prune_keeps_multiples_of_keep_every(tmp_path):
 def test_keep_every_is_validated():
     with pytest.raises(UserError, match="keep_every"):
         TrainConfig(keep_every=-1)
+
+
+def test_keep_every_steps_are_saved_even_off_the_checkpoint_grid(tmp_path):
+    from train_helpers import trainer
+
+    t = trainer(tmp_path, max_steps=12, checkpoint_every=4, keep_every=6)
+    t.train()
+    steps = sorted(int(p.name[len(ckpt.PREFIX):]) for p in tmp_path.glob(f"{ckpt.PREFIX}*") if p.is_dir())
+    assert steps == [6, 12]  # 6 is not a multiple of checkpoint_every; 4 and 8 are pruned
