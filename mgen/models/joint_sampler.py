@@ -73,6 +73,8 @@ class JointSamplerLayer(ModelMixin, ConfigMixin):
         self.base_cfg = base_cfg
         self.base_fingerprint = base_fingerprint
         self.base_name = base_name
+        #: the generation length the layer was trained on (None when a bare file does not say; see load_joint)
+        self.trained_gen_length: int | None = int(gen_len)
         self.norm_h = nn.RMSNorm(d, eps=base_cfg.norm_eps)
         self.norm_e = nn.RMSNorm(d, eps=base_cfg.norm_eps)
         self.proj = nn.Linear(2 * d, d, bias=False)
@@ -157,7 +159,8 @@ def save_joint(layer: JointSamplerLayer, path: str, dtype: torch.dtype = torch.f
     state = {k: v.detach().to(dtype).contiguous() for k, v in layer.state_dict().items()}
     hub.save_safetensors(state, path, metadata={
         "mgen_family": "joint-sampler", "mgen_base_arch": json.dumps(layer.base_cfg.to_dict()),
-        "mgen_base_fingerprint": layer.base_fingerprint, "mgen_base_name": layer.base_name})
+        "mgen_base_fingerprint": layer.base_fingerprint, "mgen_base_name": layer.base_name,
+        **({"mgen_gen_len": str(layer.trained_gen_length)} if layer.trained_gen_length else {})})
 
 
 def load_joint(path: str, **settings: Any) -> JointSamplerLayer:
@@ -165,9 +168,14 @@ def load_joint(path: str, **settings: Any) -> JointSamplerLayer:
     meta = read_metadata(path)
     if meta.get("mgen_family") != "joint-sampler":
         raise WeightsError(f"{path} is not a joint sampler layer (no mgen joint-sampler metadata)")
+    known = "gen_len" in settings or "mgen_gen_len" in meta  # the entry's arch, else the file's metadata
+    if "gen_len" not in settings and "mgen_gen_len" in meta:
+        settings = {**settings, "gen_len": int(meta["mgen_gen_len"])}
     layer = JointSamplerLayer(base_arch=json.loads(meta["mgen_base_arch"]),
                               base_fingerprint=meta.get("mgen_base_fingerprint", ""),
                               base_name=meta.get("mgen_base_name", ""), **settings)
+    if not known:
+        layer.trained_gen_length = None
     state = {k: v.float() for k, v in hub.load_checkpoint(path).items()}
     missing, unexpected = layer.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
@@ -265,6 +266,16 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])  # a plain transformers tokenizer
 
 
+def _warn_other_length(sampler: Any, layer: Any) -> None:
+    """An ADJUST layer does not transfer across generation lengths (README, "A layer is trained for one generation
+    length"): warn when the call's ``gen_length`` differs from the length the layer was trained on."""
+    trained, asked = getattr(layer, "trained_gen_length", None), getattr(sampler, "gen_length", None)
+    if trained and asked and int(asked) != int(trained):
+        warnings.warn(f"the joint sampler layer was trained on {trained}-token generations; with gen_length {asked} "
+                      f"it samples far from its measured quality (pass gen_length={trained})", UserWarning,
+                      stacklevel=5)
+
+
 class DLMPipeline(DiffusionPipeline):
     """Prompt text → generated text with a masked diffusion LM (ours or an adapter) and a DLM sampler."""
 
@@ -460,7 +471,10 @@ class DLMPipeline(DiffusionPipeline):
                 base.setdefault("tokens_per_step", self.joint_sampler.config.get("tokens_per_step", 4))
         allowed = set(SamplerSettings(sampler=target).allowed())
         overrides = {k: v for k, v in overrides.items() if k in allowed or k not in SHARED_SETTINGS}
-        return settings_for(target, _fit(base, overrides), **overrides).build(), target
+        built = settings_for(target, _fit(base, overrides), **overrides).build()
+        if target == SAMPLERS["joint"] and self.joint_sampler is not None:
+            _warn_other_length(built, self.joint_sampler)
+        return built, target
 
     # -- running ------------------------------------------------------------------------------------------------
     @torch.no_grad()

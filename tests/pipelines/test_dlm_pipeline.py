@@ -119,3 +119,31 @@ def test_joint_benchmark_rows_and_report(tiny_file, tmp_path, monkeypatch):
     assert rows[("adjust", 2)]["sampler_passes_per_token"] == 0.5 and rows[("adjust", 2)]["mauve"] == 0.5
     md = dlm_bench.write_report(res, tmp_path)
     assert "mauve" in md.read_text() and (tmp_path / "joint_rows.json").exists()
+
+
+def test_joint_layer_warns_off_its_trained_length(tiny_file, tmp_path):
+    import warnings
+
+    from mgen.models.dlm import load_dlm_file
+
+    base = load_dlm_file(str(tiny_file))
+    save_joint(JointSamplerLayer(base.cfg, base.fingerprint(), "tiny", gen_len=8), str(tmp_path / "j8.safetensors"))
+    pipe = DLMPipeline.from_pretrained(str(tiny_file), joint_sampler=str(tmp_path / "j8.safetensors"))
+    assert pipe.joint_sampler.trained_gen_length == 8  # read back from the file's metadata
+    with pytest.warns(UserWarning, match="trained on 8-token generations; with gen_length 16"):
+        pipe("Hello", gen_length=16, tokens_per_step=4, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe("Hello", gen_length=8, tokens_per_step=4, generator=torch.Generator().manual_seed(0))
+    # a bare file that does not record its length: nothing to compare, no warning
+    from safetensors.torch import load_file, save_file
+
+    from mgen.models.joint_sampler import read_metadata
+
+    meta = {k: v for k, v in read_metadata(str(tmp_path / "j8.safetensors")).items() if k != "mgen_gen_len"}
+    save_file(load_file(str(tmp_path / "j8.safetensors")), str(tmp_path / "bare.safetensors"), metadata=meta)
+    bare = DLMPipeline.from_pretrained(str(tiny_file), joint_sampler=str(tmp_path / "bare.safetensors"))
+    assert bare.joint_sampler.trained_gen_length is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bare("Hello", gen_length=16, tokens_per_step=4, generator=torch.Generator().manual_seed(0))
