@@ -578,20 +578,16 @@ class MAR(ModelMixin, ConfigMixin):
         ckpt = load_checkpoint(p)
         state, args, meta_cfg = _extract_state(ckpt, p, ema)
         want = resolve_config(config)
-        try:  # inferring the architecture from the tensors: a failure names the file it read
-            if want is None:
-                if args is not None:
-                    want = config_from_args(args, state)
-                elif meta_cfg is not None:
-                    want = MARConfig.from_mapping(meta_cfg, where=f"{p}: metadata")
-                else:
-                    want = config_from_state_dict(state)
-            elif args is not None:
-                _check_same_arch(config_from_args(args, state), want, p)
+        try:  # the architecture read from the tensors (and args): a failure names the file it read
+            inferred = config_from_args(args, state) if args is not None else None
+            if inferred is None and want is None and meta_cfg is None:
+                inferred = config_from_state_dict(state)
         except WeightsError as e:
-            if str(p) in str(e):
-                raise
             raise WeightsError(f"{p}: {e}") from None
+        if want is None:
+            want = inferred if inferred is not None else MARConfig.from_mapping(meta_cfg, where=f"{p}: metadata")
+        elif inferred is not None:
+            _check_same_arch(inferred, want, p)
         model = cls.from_config_obj(want)
         _load_state(model, state, p)
         dtype = kwargs.get("torch_dtype")
