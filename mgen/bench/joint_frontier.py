@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(max(1, int(args.threads)))
     ks = [int(v) for v in str(args.ks).split(",") if v]
     gammas = [float(v) for v in str(args.gammas).split(",") if v]
-    methods = tuple(v for v in str(getattr(args, "methods", ",".join(METHODS))).split(",") if v)
+    methods = tuple(v for v in str(args.methods).split(",") if v)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise UserError(f"--methods takes a comma list of {', '.join(METHODS)}; got {args.methods!r}")
